@@ -1,0 +1,3 @@
+"""medtransfer: transfer learning for binary medical image segmentation, on MONAI bundles."""
+
+__version__ = "0.1.0"

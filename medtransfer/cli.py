@@ -1,0 +1,105 @@
+"""The `medtransfer` command. Thin: parses arguments and calls the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _data_manifest(args: argparse.Namespace) -> int:
+    from medtransfer.data.manifest_builder import build_manifest
+
+    output = Path(args.output or f"{Path(args.folder).name}.json")
+    if output.exists() and not args.force:
+        print(f"error: {output} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    label_map = dict(pair.split(":") for pair in args.label_map.split(",")) if args.label_map else None
+    content = build_manifest(
+        args.folder,
+        name=args.name,
+        image_dir=args.image_dir,
+        label_dir=None if args.no_labels else args.label_dir,
+        label_map=label_map,
+        test_fraction=args.test_fraction,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        ordered=args.ordered,
+    )
+    from medtransfer.atomic import save_json
+
+    save_json(output, content)
+    sizes = {split: len(content[split]) for split in ("training", "validation", "test")}
+    print(f"wrote {output}: {content['dimensions']}D, {sizes}; paths are relative to {Path(args.folder).resolve()}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from medtransfer.data import open_manifest
+    from medtransfer.data.case_check import check_cases
+
+    manifest = open_manifest(args.manifest, args.data_root)
+    failures = 0
+    total = 0
+    for split, case_id, error in check_cases(manifest):
+        total += 1
+        if error:
+            failures += 1
+            print(f"FAIL {split}/{case_id}: {error}")
+    print(f"{manifest.name}: {total - failures} of {total} cases OK ({manifest.data_root})")
+    return 1 if failures else 0
+
+
+def _bundle_verify(args: argparse.Namespace) -> int:
+    from medtransfer.inference.bundle_verify import verify_bundle
+
+    report = verify_bundle(args.bundle)
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="data manifests").add_subparsers(dest="data_command", required=True)
+    manifest = data.add_parser("manifest", help="build a manifest for images/ + labels/ or an nnU-Net raw folder")
+    manifest.add_argument("folder")
+    manifest.add_argument("--output", "-o", help="manifest file to write (default: <folder name>.json)")
+    manifest.add_argument("--name")
+    manifest.add_argument("--image-dir", default="images")
+    manifest.add_argument("--label-dir", default="labels")
+    manifest.add_argument("--no-labels", action="store_true", help="images only (for self-supervised pretraining)")
+    manifest.add_argument("--label-map", help="map label values onto {0,1}, e.g. 1:1,2:1")
+    manifest.add_argument("--test-fraction", type=float, default=0.2)
+    manifest.add_argument("--validation-fraction", type=float, default=0.1)
+    manifest.add_argument("--seed", type=int, default=0)
+    manifest.add_argument("--ordered", action="store_true", help="split in file order (serial sections)")
+    manifest.add_argument("--force", action="store_true", help="replace an existing manifest file")
+    manifest.set_defaults(handler=_data_manifest)
+    check = data.add_parser("check", help="load and validate every case of a manifest")
+    check.add_argument("manifest")
+    check.add_argument("--data-root")
+    check.set_defaults(handler=_data_check)
+
+    bundle = commands.add_parser("bundle", help="MONAI bundles").add_subparsers(dest="bundle_command", required=True)
+    verify = bundle.add_parser("verify", help="metadata schema (offline) and network input/output checks")
+    verify.add_argument("bundle")
+    verify.set_defaults(handler=_bundle_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from medtransfer.data.manifest import ManifestError
+
+    try:
+        return args.handler(args)
+    except ManifestError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

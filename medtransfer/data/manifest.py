@@ -1,0 +1,178 @@
+"""Data manifests: an MSD-style datalist plus the facts a study needs (splits, nested fractions, licence).
+
+A manifest is a JSON file (see `data_manifests/`). Paths inside are relative to a data root given at run
+time (`--data_root` / `MEDTRANSFER_DATA`), so the same manifest serves every machine. Fractions are fixed in
+the file: nested, seeded subsets of the training ids, so every study and every seed uses the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("training", "validation", "test")
+DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
+REQUIRED_KEYS = ("name", "dimensions", "training", "validation", "test", "fractions")
+
+
+class ManifestError(ValueError):
+    """A manifest or one of its cases is unusable; the message names the file and the problem."""
+
+
+def fraction_key(fraction: float | str) -> str:
+    """Canonical text form of a fraction ("0.1", "1.0"), the key used in the manifest's `fractions`."""
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        raise ManifestError(f"fraction must be a number, got {fraction!r}") from None
+    return repr(value)
+
+
+def nested_fractions(ids: list[str], fractions=DEFAULT_FRACTIONS, seed: int = 0) -> dict[str, list[str]]:
+    """Nested subsets of `ids`: one seeded permutation, each fraction takes its first ceil(f·N) ids.
+
+    Nesting (0.05 ⊂ 0.1 ⊂ …) makes curves over fractions comparable: adding data never removes a case.
+    Every subset has at least one case.
+    """
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    subsets = {}
+    for fraction in sorted(float(f) for f in fractions):
+        if not 0 < fraction <= 1:
+            raise ManifestError(f"fractions must lie in (0, 1], got {fraction}")
+        count = max(1, math.ceil(round(fraction * len(order), 6)))
+        subsets[fraction_key(fraction)] = sorted(order[:count])
+    return subsets
+
+
+@dataclass
+class Manifest:
+    """A loaded, validated manifest bound to a data root."""
+
+    path: Path | None
+    content: dict[str, Any]
+    data_root: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.content["name"]
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.content["dimensions"])
+
+    @property
+    def label_map(self) -> dict[int, int] | None:
+        mapping = self.content.get("label_map")
+        return {int(k): int(v) for k, v in mapping.items()} if mapping else None
+
+    @property
+    def target_spacing(self) -> list[float] | None:
+        return self.content.get("target_spacing")
+
+    @property
+    def fractions(self) -> list[str]:
+        return sorted(self.content["fractions"], key=float)
+
+    @property
+    def has_labels(self) -> bool:
+        return all("label" in case for split in SPLITS for case in self.content[split])
+
+    def _where(self) -> str:
+        return str(self.path) if self.path else f"manifest {self.name!r}"
+
+    def case_ids(self, split: str, fraction: float | str | None = None) -> list[str]:
+        """Ids of a split; for the training split, optionally only those of a fraction."""
+        if split not in SPLITS:
+            raise ManifestError(f"unknown split {split!r}; one of {SPLITS}")
+        ids = [case["id"] for case in self.content[split]]
+        if fraction is None or split != "training":
+            return ids
+        key = fraction_key(fraction)
+        if key not in self.content["fractions"]:
+            raise ManifestError(
+                f"{self._where()}: fraction {fraction} is not in the manifest; available: {', '.join(self.fractions)}"
+            )
+        return list(self.content["fractions"][key])
+
+    def datalist(self, split: str, fraction: float | str | None = None, require_labels: bool = True) -> list[dict]:
+        """MONAI datalist (dicts with absolute `image`/`label` paths and the case `id`) of a split/fraction.
+
+        Every referenced file is checked to exist and be non-empty here, so a wrong data root fails at once with
+        the path, not deep inside a data loader.
+        """
+        wanted = set(self.case_ids(split, fraction))
+        items = []
+        for case in self.content[split]:
+            if case["id"] not in wanted:
+                continue
+            item = {"id": case["id"]}
+            for key in ("image", "label"):
+                if key not in case:
+                    if key == "label" and not require_labels:
+                        continue
+                    raise ManifestError(f"{self._where()}: case {case['id']!r} in {split} has no {key!r}")
+                item[key] = str(self._existing(case[key], case["id"]))
+            if "class" in case:
+                item["class"] = case["class"]
+            items.append(item)
+        return items
+
+    def _existing(self, relative: str, case_id: str) -> Path:
+        path = Path(relative) if os.path.isabs(relative) else self.data_root / relative
+        if not path.exists():
+            raise ManifestError(
+                f"{self._where()}: case {case_id!r}: file not found: {path} (data root: {self.data_root}; "
+                "set --data_root or MEDTRANSFER_DATA to the folder the manifest's paths are relative to)"
+            )
+        if path.is_file() and path.stat().st_size == 0:
+            raise ManifestError(f"{self._where()}: case {case_id!r}: empty file: {path}")
+        return path
+
+
+def validate_content(content: dict, where: str) -> None:
+    """Structural checks of a manifest (not of the image files: see `medtransfer.data.checks`)."""
+    missing = [key for key in REQUIRED_KEYS if key not in content]
+    if missing:
+        raise ManifestError(f"{where}: missing key(s) {missing}")
+    if content["dimensions"] not in (2, 3):
+        raise ManifestError(f"{where}: dimensions must be 2 or 3, got {content['dimensions']!r}")
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        for index, case in enumerate(content[split]):
+            if "id" not in case or "image" not in case:
+                raise ManifestError(f"{where}: {split}[{index}] needs 'id' and 'image'")
+            if case["id"] in seen:
+                raise ManifestError(f"{where}: case id {case['id']!r} appears in {seen[case['id']]} and {split}")
+            seen[case["id"]] = split
+    training = {case["id"] for case in content["training"]}
+    previous: set[str] = set()
+    for key in sorted(content["fractions"], key=float):
+        subset = set(content["fractions"][key])
+        if not subset <= training:
+            raise ManifestError(f"{where}: fraction {key} lists ids not in training: {sorted(subset - training)[:5]}")
+        if not previous <= subset:
+            raise ManifestError(f"{where}: fractions are not nested: {key} misses {sorted(previous - subset)[:5]}")
+        previous = subset
+    if content.get("label_map") is not None:
+        values = set(content["label_map"].values())
+        if not values <= {0, 1}:
+            raise ManifestError(f"{where}: label_map must map onto {{0, 1}}, got target values {sorted(values)}")
+
+
+def read_manifest_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"{path}: not valid JSON ({error})") from None
+    validate_content(content, str(path))
+    return content

@@ -1,0 +1,66 @@
+"""Open a manifest by path or by name and bind it to a data root (generating the synthetic default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medtransfer.data.manifest import Manifest, ManifestError, read_manifest_file
+
+PACKAGED_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
+
+
+def find_manifest(name_or_path: str | os.PathLike) -> Path:
+    """A manifest path, or a bare name (`synthetic_2d`) looked up in ./data_manifests and the project's folder."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json" or candidate.exists():
+        if not candidate.is_file():
+            raise ManifestError(f"manifest not found: {candidate}")
+        return candidate
+    for folder in (Path.cwd() / "data_manifests", PACKAGED_MANIFESTS):
+        path = folder / f"{name_or_path}.json"
+        if path.is_file():
+            return path
+    raise ManifestError(
+        f"no manifest named {str(name_or_path)!r} in ./data_manifests or {PACKAGED_MANIFESTS}; give a path to a .json file"
+    )
+
+
+def _resolve_data_root(content: dict, manifest_path: Path, data_root: str | os.PathLike | None) -> Path:
+    if data_root:
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise ManifestError(f"data root for {manifest_path} is not a folder: {root}")
+        return root.resolve()
+    generator = content.get("generator")
+    if generator:  # the embedded default: generated deterministically on first use, then cached
+        from medtransfer.data.synthetic import ensure_synthetic_dataset
+
+        return ensure_synthetic_dataset(
+            dimensions=int(generator["dimensions"]),
+            num_cases=int(generator["num_cases"]),
+            shape=tuple(generator["shape"]),
+            seed=int(generator.get("seed", 0)),
+        )
+    env_root = os.environ.get("MEDTRANSFER_DATA")
+    if env_root:
+        return _resolve_data_root(content, manifest_path, env_root)
+    raise ManifestError(
+        f"{manifest_path}: no data root given; pass --data_root (bundle) / --data-root (CLI) or set MEDTRANSFER_DATA "
+        f"to the folder holding the files the manifest names (e.g. {content['training'][0]['image']})"
+    )
+
+
+def open_manifest(
+    path: str | os.PathLike, data_root: str | os.PathLike | None = None, dimensions: int | None = None
+) -> Manifest:
+    """Load and validate a manifest, bind it to its data root, and check it suits a `dimensions`-D network."""
+    manifest_path = find_manifest(path)
+    content = read_manifest_file(manifest_path)
+    if dimensions is not None and int(content["dimensions"]) != int(dimensions):
+        raise ManifestError(
+            f"{manifest_path}: the data set is {content['dimensions']}D but the bundle trains a {dimensions}D network; "
+            f"use the binary_seg_{content['dimensions']}d bundle"
+        )
+    root = _resolve_data_root(content, manifest_path, data_root)
+    return Manifest(path=manifest_path.resolve(), content=content, data_root=root)

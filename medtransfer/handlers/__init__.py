@@ -1,0 +1,7 @@
+"""Ignite/MONAI handlers used by the bundle configs."""
+
+from medtransfer.handlers.checkpoint import BestModelSaver, ResumableCheckpoint
+from medtransfer.handlers.metrics import CaseMetrics
+from medtransfer.handlers.run_record import RunRecord
+
+__all__ = ["BestModelSaver", "CaseMetrics", "ResumableCheckpoint", "RunRecord"]

@@ -1,0 +1,106 @@
+"""Resume and best-model handlers that write atomically and load with weights_only=True."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from medtransfer.atomic import save_torch
+from medtransfer.training.run_directory import RunDirectory
+
+logger = logging.getLogger("medtransfer.handlers")
+
+
+class ResumableCheckpoint:
+    """Saves the whole training state after every epoch and restores it when a run is resumed.
+
+    Attach it first in the trainer's handler list: other STARTED handlers (e.g. a weight transfer) look at
+    `run_directory.resumed` and must not act over restored weights. The engine's elapsed wall time is
+    carried across resumes.
+    """
+
+    def __init__(self, run_directory: RunDirectory, save_dict: dict[str, Any]) -> None:
+        self.run_directory = run_directory
+        self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
+        self.elapsed_before = 0.0
+        self._started = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.restore)
+        # Registered at STARTED, i.e. after every handler attached at construction, so the epoch's checkpoint
+        # is written after that epoch's validation and best-model update.
+        engine.add_event_handler(Events.STARTED, self._register_save)
+
+    def _register_save(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self.save, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self._started)
+
+    def restore(self, engine: Engine) -> None:
+        self._started = time.perf_counter()
+        path = self.run_directory.checkpoint_path
+        if not (self.run_directory.resumed and path.exists()):
+            return
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load={**self.save_dict, "trainer": engine}, checkpoint=checkpoint)
+        engine.state.max_epochs = max_epochs  # allow extending a run by resuming with more epochs
+        self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        logger.info("resumed %s at epoch %d", path, engine.state.epoch)
+
+    def save(self, engine: Engine) -> None:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        state["trainer"] = engine.state_dict()
+        state["elapsed_seconds"] = self.elapsed()
+        save_torch(self.run_directory.checkpoint_path, state)
+
+
+class BestModelSaver:
+    """Keeps `model.pt` = the weights with the best validation metric so far (a plain state dict).
+
+    Its state (best value, epoch, history of the metric) is part of the resumable checkpoint, so a resumed
+    run does not forget its best model. The history also gives validation curves for reports.
+    """
+
+    def __init__(self, run_directory: RunDirectory, network: torch.nn.Module, metric_name: str = "val_mean_dice"):
+        self.run_directory = run_directory
+        self.network = network
+        self.metric_name = metric_name
+        self.best_value = float("-inf")
+        self.best_epoch = 0
+        self.history: list[tuple[int, float]] = []
+
+    def attach(self, evaluator: Engine) -> None:
+        evaluator.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, evaluator: Engine) -> None:
+        value = float(evaluator.state.metrics[self.metric_name])
+        epoch = int(evaluator.state.epoch)  # MONAI's ValidationHandler runs the evaluator at the trainer's epoch
+        self.history.append((epoch, value))
+        if value > self.best_value:
+            self.best_value, self.best_epoch = value, epoch
+            save_torch(self.run_directory.model_path, _plain_state_dict(self.network))
+
+    def state_dict(self) -> dict:
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 2),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_value = float(state["best_value"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = [(int(e), float(v)) for e, v in state["history"].tolist()]
+
+
+def _plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    module = network.module if hasattr(network, "module") else network
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

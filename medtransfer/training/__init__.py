@@ -1,0 +1,14 @@
+"""Run folders, resume, and safe weight loading."""
+
+from medtransfer.training.run_directory import RunDirectory, RunDirectoryError, config_hash, read_run_record
+from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
+
+__all__ = [
+    "RunDirectory",
+    "RunDirectoryError",
+    "WeightsError",
+    "config_hash",
+    "load_weights",
+    "read_run_record",
+    "read_state_dict",
+]

@@ -1,0 +1,76 @@
+"""The 2D and 3D training bundles on the embedded synthetic default: outputs, refusal to overwrite, resume."""
+
+import json
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from tests.bundles.conftest import TINY, make_workflow, run_workflow
+from tests.conftest import error_text
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_training_writes_weights_record_summary_and_tensorboard(spatial_dims, tmp_path, medtransfer_home):
+    output = tmp_path / "run"
+    run_workflow(spatial_dims, output_dir=str(output), **TINY[spatial_dims])
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "finished"
+    assert record["config"]["seed"] == 0 and record["config"]["fraction"] == 1.0
+    assert record["config"]["data_manifest"] == f"synthetic_{spatial_dims}d"
+    assert len(record["config_hash"]) == 16
+    assert record["epochs"] == 2 and record["iterations"] == 4
+    assert record["best_epoch"] in (1, 2) and len(record["val_history"]) == 2
+    assert record["metrics"]["n_test_cases"] == len(record["per_case"]) > 0
+    assert 0.0 <= record["metrics"]["mean_dice"] <= 1.0
+    assert {"dice", "hd95", "surface_dice"} <= set(record["per_case"][0])
+    assert record["versions"]["monai"] and record["versions"]["torch"]
+    assert record["wall_time_seconds"] > 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["n_cases"] == record["metrics"]["n_test_cases"]
+    state = torch.load(output / "model.pt", weights_only=True)  # a plain state dict of tensors
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert not (output / "checkpoint.pt").exists()
+    assert list((output / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_finished_run_is_never_overwritten_silently(tmp_path, medtransfer_home):
+    output = tmp_path / "run"
+    run_workflow(2, output_dir=str(output), **{**TINY[2], "max_epochs": 1})
+    before = (output / "model.pt").read_bytes()
+    with pytest.raises(Exception) as excinfo:
+        make_workflow(2, output_dir=str(output), **{**TINY[2], "max_epochs": 1})
+    assert "RunDirectoryError" in error_text(excinfo.value) and "holds a finished run" in error_text(excinfo.value)
+    assert (output / "model.pt").read_bytes() == before
+    run_workflow(2, output_dir=str(output), overwrite=True, **{**TINY[2], "max_epochs": 1, "seed": 1})
+    assert json.loads((output / "run.json").read_text())["config"]["seed"] == 1
+
+
+def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, medtransfer_home):
+    output = tmp_path / "run"
+    settings = {**TINY[2], "max_epochs": 3}
+    workflow = make_workflow(2, output_dir=str(output), **settings)
+    trainer = workflow.trainer
+
+    def crash(_engine):
+        raise KeyboardInterrupt("simulated crash at the start of epoch 3")
+
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=3), crash)
+    with pytest.raises(KeyboardInterrupt):
+        workflow.run()
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "running" and (output / "checkpoint.pt").exists()
+    saved = torch.load(output / "checkpoint.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == 2 * settings["iterations_per_epoch"]
+
+    with pytest.raises(Exception) as excinfo:
+        make_workflow(2, output_dir=str(output), **{**settings, "learning_rate": 0.1})
+    assert "unfinished run with another configuration (changed: learning_rate)" in error_text(excinfo.value)
+
+    resumed = run_workflow(2, output_dir=str(output), **settings)
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "finished" and record["resumed"] is True
+    assert record["epochs"] == 3 and record["iterations"] == 3 * settings["iterations_per_epoch"]
+    assert len(record["seconds_per_epoch"]) == 1  # only epoch 3 ran after the resume
+    assert [h["epoch"] for h in record["val_history"]] == [1, 2, 3]  # best-model state survived the crash
+    assert resumed.trainer.state.epoch == 3

@@ -30,12 +30,21 @@ from monai.transforms import (
 )
 
 from medtransfer.data.checks import ValidateCased
+from medtransfer.data.readers import DicomSeriesReader
 
 NUM_CLASSES = 2  # background + foreground; networks output two channels (softmax)
 
 
 def _keys(with_label: bool) -> list[str]:
     return ["image", "label"] if with_label else ["image"]
+
+
+def _loader(keys: list[str]) -> LoadImaged:
+    """MONAI's readers pick NIfTI/PNG by suffix; registered last, the DICOM series reader is asked first and
+    claims folders only, so its errors (mixed series, missing slices) reach the user unwrapped by fallbacks."""
+    loader = LoadImaged(keys=keys, image_only=True)
+    loader.register(DicomSeriesReader())
+    return loader
 
 
 def load_transforms(
@@ -48,7 +57,7 @@ def load_transforms(
     keys = _keys(with_label)
     label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
     chain = [
-        LoadImaged(keys=keys, image_only=True),
+        _loader(keys),
         EnsureChannelFirstd(keys=keys),
         ValidateCased(keys=keys, dimensions=dimensions, label_map=label_map),
     ]

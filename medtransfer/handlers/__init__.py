@@ -3,5 +3,6 @@
 from medtransfer.handlers.checkpoint import BestModelSaver, ResumableCheckpoint
 from medtransfer.handlers.metrics import CaseMetrics
 from medtransfer.handlers.run_record import RunRecord
+from medtransfer.handlers.transfer import ApplyTransfer
 
-__all__ = ["BestModelSaver", "CaseMetrics", "ResumableCheckpoint", "RunRecord"]
+__all__ = ["ApplyTransfer", "BestModelSaver", "CaseMetrics", "ResumableCheckpoint", "RunRecord"]

@@ -104,6 +104,8 @@ class Manifest:
     def datalist(self, split: str, fraction: float | str | None = None, require_labels: bool = True) -> list[dict]:
         """MONAI datalist (dicts with absolute `image`/`label` paths and the case `id`) of a split/fraction.
 
+        With `require_labels=False` the items hold images only (self-supervised objectives ignore labels).
+
         Every referenced file is checked to exist and be non-empty here, so a wrong data root fails at once with
         the path, not deep inside a data loader.
         """
@@ -113,10 +115,8 @@ class Manifest:
             if case["id"] not in wanted:
                 continue
             item = {"id": case["id"]}
-            for key in ("image", "label"):
+            for key in ("image", "label") if require_labels else ("image",):  # unsupervised use: images only
                 if key not in case:
-                    if key == "label" and not require_labels:
-                        continue
                     raise ManifestError(f"{self._where()}: case {case['id']!r} in {split} has no {key!r}")
                 item[key] = str(self._existing(case[key], case["id"]))
             if "class" in case:

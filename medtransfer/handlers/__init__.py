@@ -2,7 +2,8 @@
 
 from medtransfer.handlers.checkpoint import BestModelSaver, ResumableCheckpoint
 from medtransfer.handlers.metrics import CaseMetrics
+from medtransfer.handlers.pretraining import PretrainingCheckpoints
 from medtransfer.handlers.run_record import RunRecord
 from medtransfer.handlers.transfer import ApplyTransfer
 
-__all__ = ["ApplyTransfer", "BestModelSaver", "CaseMetrics", "ResumableCheckpoint", "RunRecord"]
+__all__ = ["ApplyTransfer", "BestModelSaver", "CaseMetrics", "PretrainingCheckpoints", "ResumableCheckpoint", "RunRecord"]

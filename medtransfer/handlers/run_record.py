@@ -29,10 +29,10 @@ class RunRecord:
         self,
         run_directory: RunDirectory,
         network: torch.nn.Module,
-        test_evaluator: Engine,
-        case_metrics: CaseMetrics,
-        best_model: BestModelSaver,
         checkpoint: ResumableCheckpoint,
+        test_evaluator: Engine | None = None,
+        case_metrics: CaseMetrics | None = None,
+        best_model: BestModelSaver | None = None,
         data: dict | None = None,
     ) -> None:
         self.run_directory = run_directory
@@ -58,6 +58,25 @@ class RunRecord:
 
     def finish(self, trainer: Engine) -> None:
         run = self.run_directory
+        fields = {
+            "status": "finished",
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "data": self.data,
+            "epochs": int(trainer.state.epoch),
+            "iterations": int(trainer.state.iteration),
+            "wall_time_seconds": self.checkpoint.elapsed(),
+            "seconds_per_epoch": self.epoch_seconds,
+        }
+        if self.test_evaluator is not None:  # pretraining runs have no segmentation test
+            fields.update(self._test())
+        record = run.write_record({**fields, **run.notes})
+        run.checkpoint_path.unlink(missing_ok=True)
+        logger.info("run finished: %s", run.record_path)
+        self.record = record
+
+    def _test(self) -> dict:
+        """Best weights back into the network, the test split per case, and the fields run.json keeps."""
+        run = self.run_directory
         module = self.network.module if hasattr(self.network, "module") else self.network
         if not run.model_path.exists():  # no validation ran: the last weights are the result
             save_torch(run.model_path, {k: v.detach().cpu() for k, v in module.state_dict().items()})
@@ -65,32 +84,18 @@ class RunRecord:
         self.test_evaluator.run()
         summary = write_summary(run.summary_path, self.case_metrics.cases)
         mean = summary["mean"]
-        record = run.write_record(
-            {
-                "status": "finished",
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "data": self.data,
-                "metrics": {
-                    "mean_dice": mean.get("dice"),
-                    "mean_hd95": mean.get("hd95"),
-                    "mean_surface_dice": mean.get("surface_dice"),
-                    "n_test_cases": summary["n_cases"],
-                },
-                "per_case": summary["metric_per_case"],
-                "best_epoch": self.best_model.best_epoch,
-                "best_val_dice": self.best_model.best_value if self.best_model.history else None,
-                "val_history": [{"epoch": e, "val_dice": v} for e, v in self.best_model.history],
-                "epochs": int(trainer.state.epoch),
-                "iterations": int(trainer.state.iteration),
-                "wall_time_seconds": self.checkpoint.elapsed(),
-                "seconds_per_epoch": self.epoch_seconds,
-                "model_sha256": sha256_of(run.model_path),
-                **run.notes,
-            }
-        )
-        run.checkpoint_path.unlink(missing_ok=True)
-        logger.info(
-            "run finished: mean test Dice %.4f over %d cases; %s", mean.get("dice") or float("nan"),
-            summary["n_cases"], run.record_path,
-        )
-        self.record = record
+        logger.info("mean test Dice %.4f over %d cases", mean.get("dice") or float("nan"), summary["n_cases"])
+        history = self.best_model.history if self.best_model is not None else []
+        return {
+            "metrics": {
+                "mean_dice": mean.get("dice"),
+                "mean_hd95": mean.get("hd95"),
+                "mean_surface_dice": mean.get("surface_dice"),
+                "n_test_cases": summary["n_cases"],
+            },
+            "per_case": summary["metric_per_case"],
+            "best_epoch": self.best_model.best_epoch if self.best_model is not None else None,
+            "best_val_dice": self.best_model.best_value if history else None,
+            "val_history": [{"epoch": e, "val_dice": v} for e, v in history],
+            "model_sha256": sha256_of(run.model_path),
+        }

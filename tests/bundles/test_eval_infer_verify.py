@@ -88,7 +88,7 @@ def _top_level(path):
 @pytest.mark.parametrize("name", ["train.yaml", "evaluate.yaml", "inference.yaml"])
 def test_2d_and_3d_bundles_differ_only_in_their_dimension_settings(name):
     """The two bundles are the same wiring; only these values may differ (logic lives in medtransfer/)."""
-    allowed = {"bundle_name", "spatial_dims", "output_dir", "data_manifest", "batch_size", "patch_size"}
+    allowed = {"bundle_name", "spatial_dims", "output_dir", "data_manifest", "batch_size", "patch_size", "filters"}
     two, three = (_top_level(bundle_dir(d) / "configs" / name) for d in (2, 3))
     assert set(two) == set(three)
     assert {key for key in two if two[key] != three[key]} <= allowed

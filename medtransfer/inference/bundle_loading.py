@@ -1,0 +1,564 @@
+"""Load a segmentation model from a MONAI bundle or a finished run folder, without running code nobody expected.
+
+A MONAI bundle's configs are programs: ``_target_`` names any importable callable, ``$`` strings are Python
+expressions, ``$import`` statements run as soon as *any* item is resolved, and ``configs/logging.conf`` is applied
+with ``logging.config.fileConfig`` (MONAI advisories GHSA-873f-pvrv-4x83 and others). MONAI 1.6.1 only warns.
+
+So a shared bundle is read here as *data* (safe mode, the default):
+
+- ``configs/metadata.json`` and ``configs/inference.{yaml,json}`` are parsed as plain JSON / YAML; nothing in
+  them is evaluated, and ``logging.conf`` is never applied.
+- Three entries are used, and each must match an allow-list, with literal arguments only (numbers, strings,
+  lists, dicts, or ``@key`` references to top-level keys that are themselves literal):
+  ``network_def`` (``_target_`` one of ``NETWORK_TARGETS``), ``preprocessing`` (medtransfer's standard chain,
+  ``medtransfer.data.eval_transforms`` with ``with_label: false``) and, optionally, ``inferer``
+  (``SlidingWindowInferer``). A ``postprocessing`` entry, when present, must be medtransfer's standard one; it is
+  not built, because ``segment`` does that step itself (argmax, inversion, NIfTI / DICOM-SEG writing).
+- Every other entry of the config (``initialize``, ``run``, datasets, handlers, ``device`` expressions, ...) is
+  ignored: it is never evaluated.
+- ``models/model.pt`` must match the sha256 the metadata lists (``files_sha256``) and is read with
+  ``torch.load(weights_only=True)``, so a file holding pickled objects is refused before any of it runs.
+
+Anything else (custom network code in ``scripts/``, ``$`` expressions, other transforms) is refused with a message
+listing what the bundle wanted to execute. ``trusted=True`` (``--trusted``) lifts the allow-list and builds the
+network, preprocessing and inferer with MONAI's ``ConfigWorkflow`` — only for bundles whose authors you trust and
+whose configs you have read. The weights are still read with ``weights_only=True`` and checked against the sha256.
+
+A run folder (``run.json`` + ``model.pt`` from ``train.yaml``) is the user's own training output: the network is
+built from the run's recorded settings by medtransfer's builders, no config is evaluated at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import DynUNet, FlexibleUNet
+from monai.transforms import Compose
+
+from medtransfer.atomic import sha256_of
+from medtransfer.networks import build_dynunet, build_resnet_unet
+from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_PATH = "models/model.pt"
+CHECKSUM_KEY = "files_sha256"  # metadata.json: {"models/model.pt": "<sha256 hex>", "models/model.ts": ...}
+CONFIG_NAMES = ("inference.yaml", "inference.json", "inference.yml")
+
+NETWORK_TARGETS: dict[str, Callable] = {
+    "medtransfer.networks.build_dynunet": build_dynunet,
+    "medtransfer.networks.unets.build_dynunet": build_dynunet,
+    "medtransfer.networks.build_resnet_unet": build_resnet_unet,
+    "medtransfer.networks.unets.build_resnet_unet": build_resnet_unet,
+    "DynUNet": DynUNet,
+    "monai.networks.nets.DynUNet": DynUNet,
+    "monai.networks.nets.dynunet.DynUNet": DynUNet,
+    "FlexibleUNet": FlexibleUNet,
+    "FlexUNet": FlexibleUNet,
+    "monai.networks.nets.FlexibleUNet": FlexibleUNet,
+    "monai.networks.nets.flexible_unet.FlexibleUNet": FlexibleUNet,
+}
+PREPROCESSING_TARGETS = ("medtransfer.data.eval_transforms", "medtransfer.data.transforms.eval_transforms")
+PREPROCESSING_ARGS = ("dimensions", "target_spacing", "with_label", "label_map")
+INFERER_TARGETS = ("SlidingWindowInferer", "monai.inferers.SlidingWindowInferer")
+INFERER_ARGS = ("roi_size", "sw_batch_size", "overlap", "mode")
+POSTPROCESSING_TARGETS = ("medtransfer.inference.transforms.inference_postprocessing",)
+DEFAULT_SW_BATCH_SIZE = 4
+DEFAULT_OVERLAP = 0.25
+
+
+class BundleError(ValueError):
+    """A bundle or run folder cannot be used (missing files, wrong checksum, unloadable weights)."""
+
+
+class UntrustedBundleError(BundleError):
+    """A bundle wants to execute something outside the safe allow-list; ``--trusted`` would allow it."""
+
+
+@dataclass
+class SegmentationModel:
+    """Everything ``segment`` needs: a network with weights loaded, its preprocessing and the window settings."""
+
+    network: torch.nn.Module
+    spatial_dims: int
+    preprocessing: Compose  # deterministic chain that loads a scan into the network's space (invertible)
+    roi_size: list[int]
+    source: str  # what the model came from, for messages
+    sw_batch_size: int = DEFAULT_SW_BATCH_SIZE
+    overlap: float = DEFAULT_OVERLAP
+    mode: str = "constant"
+    inferer: Callable | None = None  # a trusted bundle's own inferer; None means sliding_window_inference
+    label_name: str = "foreground"
+    metadata: dict = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits for a (1, C, *spatial) image, by sliding windows (bounded memory for any volume size)."""
+        image = image.to(self.device)
+        with torch.no_grad():
+            if self.inferer is not None:
+                return self.inferer(image, self.network)
+            return sliding_window_inference(
+                image, self.roi_size, self.sw_batch_size, self.network, overlap=self.overlap, mode=self.mode
+            )
+
+
+# --- reading a bundle as data ------------------------------------------------------------------------------
+
+
+def inference_config_path(bundle: Path) -> Path:
+    for name in CONFIG_NAMES:
+        if (bundle / "configs" / name).is_file():
+            return bundle / "configs" / name
+    raise BundleError(f"{bundle}: no configs/inference.yaml or configs/inference.json")
+
+
+def read_config_file(path: Path) -> dict:
+    """Parse a JSON / YAML config as plain data (YAML's safe loader: no Python object tags)."""
+    try:
+        text = path.read_text()
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise BundleError(f"{path}: not a readable config ({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict):
+        raise BundleError(f"{path}: expected a mapping of config keys, got {type(content).__name__}")
+    return content
+
+
+def read_metadata(bundle: Path) -> dict:
+    path = bundle / "configs" / "metadata.json"
+    if not path.is_file():
+        raise BundleError(f"{bundle}: not a MONAI bundle (no configs/metadata.json)")
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return metadata
+
+
+def _lookup(config: Mapping, key: str) -> Any:
+    """A config item by id (``a::b::0``, or the legacy ``a#b#0``), as MONAI addresses it."""
+    item: Any = config
+    for part in key.replace("#", "::").split("::"):
+        if isinstance(item, Mapping) and part in item:
+            item = item[part]
+        elif isinstance(item, list) and part.isdigit() and int(part) < len(item):
+            item = item[int(part)]
+        else:
+            raise KeyError(key)
+    return item
+
+
+class _Literals:
+    """Resolves config values that are plain data, collecting a description of everything that is not."""
+
+    def __init__(self, config: Mapping) -> None:
+        self.config = config
+        self.problems: list[str] = []
+
+    def value(self, value: Any, where: str, seen: tuple[str, ...] = ()) -> Any:
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            if value.startswith("$"):
+                self.problems.append(f"{where} = {value!r} (a Python expression)")
+                return None
+            if value.startswith("%"):
+                self.problems.append(f"{where} = {value!r} (a macro copying other config text)")
+                return None
+            if value.startswith("@"):
+                key = value[1:]
+                if key in seen:
+                    self.problems.append(f"{where} = {value!r} (a circular reference)")
+                    return None
+                try:
+                    target = _lookup(self.config, key)
+                except KeyError:
+                    self.problems.append(f"{where} = {value!r} (a reference to a missing key)")
+                    return None
+                return self.value(target, f"{where} -> {key}", (*seen, key))
+            return value
+        if isinstance(value, list):
+            return [self.value(v, f"{where}[{i}]", seen) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            if "_target_" in value:
+                self.problems.append(f"{where} = instantiates {value['_target_']!r}")
+                return None
+            special = [k for k in value if str(k).startswith("_")]
+            if special:
+                self.problems.append(f"{where} has config directives {special}")
+                return None
+            return {k: self.value(v, f"{where}::{k}", seen) for k, v in value.items()}
+        self.problems.append(f"{where} = {value!r} (unsupported value type {type(value).__name__})")
+        return None
+
+    def component(
+        self, config: Mapping, key: str, targets, allowed_args=None, required: bool = True
+    ) -> tuple[str | None, dict]:
+        """The ``_target_`` and literal keyword arguments of a top-level component, or problems recorded."""
+        if key not in config:
+            if required:
+                self.problems.append(f"{key}: missing (the safe loader needs it)")
+            return None, {}
+        item = config[key]
+        if isinstance(item, str) and item.startswith("@"):  # e.g. "inferer: @validate#inferer"
+            try:
+                item = _lookup(config, item[1:])
+            except KeyError:
+                self.problems.append(f"{key} = {config[key]!r} (a reference to a missing key)")
+                return None, {}
+        if not isinstance(item, Mapping) or "_target_" not in item:
+            shown = item if isinstance(item, str) else f"a {type(item).__name__}"
+            self.problems.append(f"{key} = {shown!r} (not a declarative component with a _target_)")
+            return None, {}
+        target = item["_target_"]
+        if not isinstance(target, str) or target not in targets:
+            self.problems.append(f"{key}::_target_ = {target!r} (not allow-listed)")
+            return None, {}
+        arguments = {}
+        for name, raw in item.items():
+            if name == "_target_":
+                continue
+            if str(name).startswith("_"):
+                self.problems.append(f"{key}::{name} = {raw!r} (config directive)")
+                continue
+            if allowed_args is not None and name not in allowed_args:
+                self.problems.append(f"{key}::{name} (argument not allow-listed for {target})")
+                continue
+            arguments[name] = self.value(raw, f"{key}::{name}")
+        return target, arguments
+
+
+@dataclass
+class SafeSpec:
+    """What safe mode takes from a bundle's inference config: all plain data, nothing executed yet."""
+
+    network_target: str
+    network_args: dict
+    spatial_dims: int
+    target_spacing: list[float] | None
+    roi_size: list[int]
+    sw_batch_size: int
+    overlap: float
+    mode: str
+
+
+def _refusal(bundle: Path, config_path: Path, problems: list[str]) -> UntrustedBundleError:
+    listing = "\n".join(f"  - {p}" for p in problems)
+    return UntrustedBundleError(
+        f"{bundle}: refused to load {config_path.relative_to(bundle)} in safe mode. medtransfer runs only the "
+        f"allow-listed networks ({', '.join(sorted({t for t in NETWORK_TARGETS if '.' in t}))}, DynUNet, "
+        f"FlexibleUNet), its standard preprocessing (medtransfer.data.eval_transforms) and SlidingWindowInferer, "
+        f"with literal arguments. This bundle wants to execute:\n{listing}\n"
+        f"If you trust the bundle's author and have read its configs, rerun with --trusted (trusted=True), which "
+        f"lets MONAI's ConfigWorkflow evaluate them."
+    )
+
+
+def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mapping | None = None) -> SafeSpec:
+    """Check ``config`` against the allow-list and return its literal settings; raise UntrustedBundleError."""
+    literals = _Literals(config)
+    network_target, network_args = literals.component(config, "network_def", NETWORK_TARGETS)
+    _, pre_args = literals.component(config, "preprocessing", PREPROCESSING_TARGETS, PREPROCESSING_ARGS)
+    _, inferer_args = literals.component(config, "inferer", INFERER_TARGETS, INFERER_ARGS, required=False)
+    if "postprocessing" in config:
+        post = config["postprocessing"]
+        target = post.get("_target_") if isinstance(post, Mapping) else post
+        if target not in POSTPROCESSING_TARGETS:
+            literals.problems.append(
+                f"postprocessing = {target!r} (segment only supports medtransfer's standard postprocessing: "
+                f"{POSTPROCESSING_TARGETS[0]})"
+            )
+    if network_target in ("FlexibleUNet", "FlexUNet") or "FlexibleUNet" in (network_target or ""):
+        if network_args.get("pretrained"):
+            literals.problems.append("network_def::pretrained = true (downloads weights when built)")
+    if pre_args.get("with_label", True) is not False:
+        literals.problems.append("preprocessing::with_label must be false for inference")
+    if literals.problems:
+        raise _refusal(bundle, config_path, literals.problems)
+
+    spatial_dims = network_args.get("spatial_dims", pre_args.get("dimensions"))
+    if spatial_dims not in (2, 3) or pre_args.get("dimensions") not in (None, spatial_dims):
+        raise BundleError(
+            f"{config_path}: network_def spatial_dims ({spatial_dims}) and preprocessing dimensions "
+            f"({pre_args.get('dimensions')}) must agree and be 2 or 3"
+        )
+    roi_size = inferer_args.get("roi_size") or config.get("patch_size")
+    if roi_size is None and metadata:
+        shape = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape")
+        roi_size = shape if shape and all(isinstance(s, int) for s in shape) else None
+    if not isinstance(roi_size, list) or len(roi_size) != spatial_dims or not all(isinstance(s, int) for s in roi_size):
+        raise BundleError(
+            f"{config_path}: the sliding-window size must be a list of {spatial_dims} integers "
+            f"(inferer roi_size or top-level patch_size), got {roi_size!r}"
+        )
+    spacing = pre_args.get("target_spacing")
+    if spacing is not None and (
+        not isinstance(spacing, list) or len(spacing) != spatial_dims
+        or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)
+    ):
+        raise BundleError(f"{config_path}: target_spacing must be null or {spatial_dims} positive numbers, got {spacing!r}")
+    return SafeSpec(
+        network_target=network_target,
+        network_args=network_args,
+        spatial_dims=int(spatial_dims),
+        target_spacing=[float(s) for s in spacing] if spacing else None,
+        roi_size=[int(s) for s in roi_size],
+        sw_batch_size=int(inferer_args.get("sw_batch_size", DEFAULT_SW_BATCH_SIZE)),
+        overlap=float(inferer_args.get("overlap", DEFAULT_OVERLAP)),
+        mode=str(inferer_args.get("mode", "constant")),
+    )
+
+
+def build_safe_network(spec: SafeSpec) -> torch.nn.Module:
+    builder = NETWORK_TARGETS[spec.network_target]
+    arguments = dict(spec.network_args)
+    if builder is FlexibleUNet:
+        arguments["pretrained"] = False
+    try:
+        return builder(**arguments)
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"network_def: {spec.network_target}({arguments}) failed: {error}") from None
+
+
+# --- weights ------------------------------------------------------------------------------------------------
+
+
+def check_weights_checksum(bundle: Path, metadata: Mapping, relative: str = WEIGHTS_PATH, required: bool = True) -> str:
+    """Compare a bundle file's sha256 with the one its metadata lists; return the digest."""
+    path = bundle / relative
+    if not path.is_file():
+        raise BundleError(f"{bundle}: {relative} is missing")
+    digest = sha256_of(path)
+    listed = (metadata.get(CHECKSUM_KEY) or {}).get(relative)
+    if listed is None:
+        message = (
+            f"{bundle}: configs/metadata.json lists no sha256 for {relative} ({CHECKSUM_KEY}), so the file's "
+            f"integrity cannot be checked"
+        )
+        if required:
+            raise BundleError(message + "; re-export the bundle with `medtransfer export`, or pass --trusted")
+        logger.warning(message)
+    elif listed.lower() != digest:
+        raise BundleError(
+            f"{path}: sha256 {digest} does not match {listed} listed in configs/metadata.json: the file was changed "
+            f"or damaged after export; refusing to use it"
+        )
+    return digest
+
+
+def check_bundle_weights(bundle_root: str | Path, checkpoint: str | Path | None = None) -> None:
+    """For ``initialize`` in exported inference configs: the bundle's own weights must match their sha256.
+
+    A ``--checkpoint`` override pointing elsewhere is the user's choice and is only logged.
+    """
+    bundle = Path(bundle_root)
+    own = (bundle / WEIGHTS_PATH).resolve()
+    if checkpoint is not None and Path(checkpoint).resolve() != own:
+        logger.warning("using weights %s instead of the bundle's %s; no checksum to compare", checkpoint, own)
+        return
+    check_weights_checksum(bundle, read_metadata(bundle))
+
+
+# --- public entry points ----------------------------------------------------------------------------------
+
+
+def _eval_preprocessing(spatial_dims: int, target_spacing) -> Compose:
+    from medtransfer.data import eval_transforms
+
+    return eval_transforms(spatial_dims, target_spacing=target_spacing, with_label=False)
+
+
+def _label_name(metadata: Mapping) -> str:
+    channels = (
+        metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {}) or {}
+    )
+    return str(channels.get("1", "foreground"))
+
+
+def _load_into(network: torch.nn.Module, path: Path, device: torch.device) -> torch.nn.Module:
+    try:
+        load_weights(network, path)
+    except WeightsError as error:
+        raise BundleError(str(error)) from None
+    return network.to(device).eval()
+
+
+def load_bundle(bundle: str | Path, trusted: bool = False, device: str | torch.device = "cpu") -> SegmentationModel:
+    """A SegmentationModel from a bundle folder: safe by default, ConfigWorkflow when ``trusted``."""
+    bundle = Path(bundle)
+    device = torch.device(device)
+    metadata = read_metadata(bundle)
+    config_path = inference_config_path(bundle)
+    weights = bundle / WEIGHTS_PATH
+    check_weights_checksum(bundle, metadata, required=not trusted)
+    try:
+        read_state_dict(weights)  # weights_only: pickled objects are refused before the network is built
+    except WeightsError as error:
+        raise BundleError(str(error)) from None
+    if not trusted:
+        spec = safe_spec(bundle, read_config_file(config_path), config_path, metadata)
+        network = _load_into(build_safe_network(spec), weights, device)
+        return SegmentationModel(
+            network=network,
+            spatial_dims=spec.spatial_dims,
+            preprocessing=_eval_preprocessing(spec.spatial_dims, spec.target_spacing),
+            roi_size=spec.roi_size,
+            sw_batch_size=spec.sw_batch_size,
+            overlap=spec.overlap,
+            mode=spec.mode,
+            source=f"bundle {bundle}",
+            label_name=_label_name(metadata),
+            metadata=metadata,
+            device=device,
+        )
+    return _load_trusted(bundle, config_path, metadata, weights, device)
+
+
+def _load_trusted(bundle: Path, config_path: Path, metadata: dict, weights: Path, device) -> SegmentationModel:
+    from monai.bundle import ConfigWorkflow
+
+    logger.warning("%s: trusted mode: evaluating the bundle's configs with MONAI ConfigWorkflow", bundle)
+    if str(bundle.resolve()) not in sys.path:  # custom code in <bundle>/scripts/ (MONAI does this in initialize)
+        sys.path.insert(0, str(bundle.resolve()))
+    workflow = ConfigWorkflow(
+        config_file=str(config_path),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type="infer",
+        bundle_root=str(bundle),
+        device=str(device),
+    )
+    parser = workflow.parser
+    network = _load_into(parser.get_parsed_content("network_def"), weights, device)
+    preprocessing = parser.get_parsed_content("preprocessing")
+    if not isinstance(preprocessing, Compose):
+        preprocessing = Compose(preprocessing if isinstance(preprocessing, list) else [preprocessing])
+    inferer = parser.get_parsed_content("inferer") if "inferer" in parser else None
+    shape = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("spatial_shape", [])
+    spatial_dims = int(parser.get("spatial_dims") or len(shape) or 3)
+    roi_size = list(getattr(inferer, "roi_size", None) or parser.get("patch_size") or [])
+    return SegmentationModel(
+        network=network,
+        spatial_dims=spatial_dims,
+        preprocessing=preprocessing,
+        roi_size=[int(s) for s in roi_size],
+        inferer=inferer,
+        source=f"bundle {bundle} (trusted)",
+        label_name=_label_name(metadata),
+        metadata=metadata,
+        device=device,
+    )
+
+
+def _run_network(config: Mapping, run: Path) -> torch.nn.Module:
+    """The run's network, built like train.yaml's ``network_def`` from the recorded settings."""
+    dims = int(config["spatial_dims"])
+    if config.get("backbone"):
+        arguments = {"backbone": config["backbone"]}
+        if config.get("decoder_channels"):
+            arguments["decoder_channels"] = config["decoder_channels"]
+        return build_resnet_unet(dims, **arguments)
+    return build_dynunet(dims, filters=config.get("filters") or (16, 32, 64, 128))
+
+
+def run_target_spacing(config: Mapping, manifest: str | Path | None = None) -> tuple[list[float] | None, dict]:
+    """The training data's target_spacing and the manifest content (found by name, or the given path)."""
+    from medtransfer.data.manifest import ManifestError, read_manifest_file
+    from medtransfer.data.open import find_manifest
+
+    name = manifest or config.get("data_manifest")
+    try:
+        content = read_manifest_file(find_manifest(name))
+    except ManifestError as error:
+        raise BundleError(
+            f"cannot find the run's data manifest {str(name)!r} ({error}); it says at which spacing the model was "
+            f"trained: pass its path (--manifest)"
+        ) from None
+    return content.get("target_spacing"), content
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", manifest: str | Path | None = None
+) -> SegmentationModel:
+    """A SegmentationModel from a finished training run folder (``run.json`` + ``model.pt``)."""
+    from medtransfer.training.run_directory import read_run_record
+
+    run = Path(run_dir)
+    if run.is_file() and run.name.endswith(".pt"):
+        run = run.parent
+    record = read_run_record(run)
+    if record is None:
+        raise BundleError(f"{run}: neither a MONAI bundle (configs/metadata.json) nor a run folder (run.json)")
+    if record.get("status") != "finished":
+        raise BundleError(f"{run}: the run is not finished (status {record.get('status')!r}); its model.pt is provisional")
+    weights = run / "model.pt"
+    if not weights.is_file():
+        raise BundleError(f"{run}: model.pt is missing")
+    if record.get("model_sha256") and sha256_of(weights) != record["model_sha256"]:
+        raise BundleError(f"{weights}: sha256 differs from the one run.json recorded; the file was changed")
+    config = record.get("config") or {}
+    device = torch.device(device)
+    target_spacing, content = run_target_spacing(config, manifest)
+    network = _load_into(_run_network(config, run), weights, device)
+    dims = int(config["spatial_dims"])
+    label = (content.get("label_meaning") or {}).get("1", "foreground")
+    return SegmentationModel(
+        network=network,
+        spatial_dims=dims,
+        preprocessing=_eval_preprocessing(dims, target_spacing),
+        roi_size=[int(s) for s in config["patch_size"]],
+        source=f"run {run}",
+        label_name=str(label),
+        device=device,
+    )
+
+
+def _extract_zip(archive: Path) -> Path:
+    """Unpack a bundle zip into a temporary folder, refusing members that would land outside it."""
+    target = Path(tempfile.mkdtemp(prefix="medtransfer_bundle_"))
+    with zipfile.ZipFile(archive) as zipped:
+        for member in zipped.namelist():
+            destination = (target / member).resolve()
+            if not str(destination).startswith(str(target.resolve()) + "/") and destination != target.resolve():
+                shutil.rmtree(target, ignore_errors=True)
+                raise BundleError(f"{archive}: member {member!r} would be written outside the folder; refusing")
+        zipped.extractall(target)
+    roots = [p for p in target.iterdir() if p.is_dir()]
+    if (target / "configs" / "metadata.json").is_file():
+        return target
+    if len(roots) == 1 and (roots[0] / "configs" / "metadata.json").is_file():
+        return roots[0]
+    raise BundleError(f"{archive}: the zip holds no bundle (configs/metadata.json at its top or in one folder)")
+
+
+def load_model(
+    model_or_bundle: str | Path,
+    trusted: bool = False,
+    device: str | torch.device = "cpu",
+    manifest: str | Path | None = None,
+) -> SegmentationModel:
+    """A bundle folder or zip, a run folder, or a run's model.pt → SegmentationModel."""
+    path = Path(model_or_bundle)
+    if not path.exists():
+        raise BundleError(f"model not found: {path}")
+    if path.is_file() and path.suffix == ".zip":
+        path = _extract_zip(path)
+    if (path / "configs" / "metadata.json").is_file():
+        return load_bundle(path, trusted=trusted, device=device)
+    return load_run(path, device=device, manifest=manifest)
+

@@ -1,0 +1,433 @@
+"""`medtransfer segment`: binary masks for new scans, in each scan's own geometry.
+
+Inputs are NIfTI (or other single-file) images and folders of DICOM series. Each scan goes through the model's
+own preprocessing (medtransfer's chain: load, RAS orientation, resampling to the training spacing, percentile
+normalisation), sliding-window inference (bounded memory for any volume size), argmax, and the inverse of the
+preprocessing (nearest neighbour), so the mask has the input's shape and affine. DICOM series also get a
+DICOM-SEG that references the source slices. One bad scan is reported and the others are still segmented;
+existing outputs are never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Invertd, LoadImaged
+from tqdm import tqdm
+
+from medtransfer.atomic import _atomic_write
+from medtransfer.data.dicom import DicomInputError, SeriesInfo, find_series, select_series
+from medtransfer.data.readers import DicomSeriesReader
+from medtransfer.inference.bundle_loading import SegmentationModel, load_model
+from medtransfer.inference.dicom_seg import write_dicom_seg
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = (
+    "scan", "input", "output_nifti", "output_dicom_seg", "volume_ml", "n_voxels", "seconds", "status", "error",
+    "warnings",
+)
+ALL_SERIES = "all"
+# Loggers whose warnings (skipped files, excluded SR/RTSTRUCT objects, tolerated uneven spacing, placeholder UIDs)
+# belong in a scan's summary row, not only on the console.
+_WARNING_LOGGERS = ("medtransfer.data.dicom", "medtransfer.inference.dicom_seg")
+
+
+class SegmentError(RuntimeError):
+    """`segment` cannot start (e.g. it would overwrite outputs); per-scan problems become failed rows instead."""
+
+
+@dataclass
+class ScanResult:
+    """One row of summary.csv."""
+
+    scan: str
+    input: str
+    output_nifti: str | None = None
+    output_dicom_seg: str | None = None
+    volume_ml: float | None = None
+    n_voxels: int | None = None
+    seconds: float | None = None
+    status: str = "ok"
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class _Scan:
+    name: str
+    input: Path
+    series: SeriesInfo | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    alternative: str | None = None  # a more specific name, used when two scans would share `name`
+
+
+# --- finding the scans --------------------------------------------------------------------------------------
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+
+
+@contextmanager
+def _collect_warnings():
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in _WARNING_LOGGERS]
+    for item in loggers:
+        item.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        for item in loggers:
+            item.removeHandler(handler)
+
+
+def _is_image(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(132)[128:132] == b"DICM"  # Part-10 preamble
+    except OSError:
+        return False
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "scan"
+
+
+def _dicom_scans(folder: Path, series_uid: str | None) -> list[_Scan]:
+    """The series of one DICOM folder (searched recursively, grouped by SeriesInstanceUID) to segment."""
+    name = _safe_name(folder.name)
+    with _collect_warnings() as warnings:
+        try:
+            uids = list(find_series(folder))
+            if not uids or (series_uid is None and len(uids) > 1):
+                select_series(folder)  # raises the error that explains (nothing found / which series there are)
+            chosen = uids if series_uid in (None, ALL_SERIES) else [u for u in uids if u == series_uid]
+            infos = [select_series(folder, uid) for uid in chosen]
+        except DicomInputError as error:
+            message = str(error)
+            if "choose one by passing its series_uid" in message:
+                message += "\n(medtransfer segment: --series-uid UID, or --series-uid all to segment each series)"
+            return [_Scan(name=name, input=folder, error=message, warnings=list(warnings))]
+    scans = []
+    descriptions = Counter(info.description for info in infos)
+    for info in infos:
+        detail = _safe_name(info.description) if info.description and descriptions[info.description] == 1 else ""
+        specific = f"{name}_{detail or info.uid[-8:]}"
+        scans.append(
+            _Scan(
+                name=specific if len(infos) > 1 else name,
+                input=folder,
+                series=info,
+                warnings=list(warnings),
+                alternative=specific if len(infos) == 1 else f"{specific}_{info.uid[-8:]}",
+            )
+        )
+    return scans
+
+
+def _walk(folder: Path, series_uid: str | None) -> list[_Scan]:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    scans = [
+        _Scan(name=_safe_name(_stem(p)), input=p, alternative=_safe_name(f"{folder.name}_{_stem(p)}"))
+        for p in files
+        if _is_image(p)
+    ]
+    if any(_is_dicom(p) for p in files if not _is_image(p)):
+        return scans + _dicom_scans(folder, series_uid)  # the DICOM scan covers the folder's sub-folders too
+    for sub in entries:
+        if sub.is_dir():
+            scans += _walk(sub, series_uid)
+    return scans
+
+
+def find_scans(inputs: Iterable[str | os.PathLike], series_uid: str | None = None) -> list[_Scan]:
+    """Scans named by ``inputs``: image files, folders of them, and folders holding DICOM series.
+
+    A folder holding several DICOM series is an error for that folder unless ``series_uid`` picks one or is
+    ``"all"``. Names are file stems / folder names, made unique when two inputs would share one.
+    """
+    scans: list[_Scan] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            scans.append(_Scan(name=_safe_name(_stem(path)), input=path, error=f"{path}: input not found"))
+        elif path.is_file():
+            if _is_image(path):
+                scans.append(_Scan(name=_safe_name(_stem(path)), input=path))
+            elif _is_dicom(path):
+                scans.append(_Scan(
+                    name=_safe_name(path.stem), input=path,
+                    error=f"{path}: a single DICOM file; give the folder that holds the whole series",
+                ))
+            else:
+                scans.append(_Scan(
+                    name=_safe_name(path.stem), input=path,
+                    error=f"{path}: not a supported image file ({', '.join(IMAGE_SUFFIXES)}) or DICOM folder",
+                ))
+        else:
+            found = _walk(path, series_uid)
+            if not found and series_uid in (None, ALL_SERIES):
+                found = [_Scan(
+                    name=_safe_name(path.name), input=path,
+                    error=f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) and no DICOM series found in the folder",
+                )]
+            scans += found
+    if series_uid not in (None, ALL_SERIES) and not any(s.series and s.series.uid == series_uid for s in scans):
+        scans.append(_Scan(
+            name="series", input=Path(str(series_uid)),
+            error=f"no DICOM series with SeriesInstanceUID {series_uid} in {', '.join(map(str, inputs))}",
+        ))
+    _unique_names(scans)
+    return scans
+
+
+def _unique_names(scans: list[_Scan]) -> None:
+    counts = Counter(s.name for s in scans)
+    for scan in scans:
+        if counts[scan.name] > 1 and scan.alternative:
+            scan.name = scan.alternative
+    seen: Counter = Counter()
+    for scan in scans:
+        seen[scan.name] += 1
+        if seen[scan.name] > 1:
+            scan.name = f"{scan.name}_{seen[scan.name]}"
+
+
+# --- one scan -----------------------------------------------------------------------------------------------
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """MONAI wraps errors raised inside transforms ("applying transform ..."); the innermost one says what."""
+    while (error.__cause__ or error.__context__) is not None:
+        inner = error.__cause__ or error.__context__
+        if not str(inner):
+            break
+        error = inner
+    return error
+
+
+def _message(error: BaseException, scan: _Scan) -> str:
+    root = _root_cause(error)
+    known = isinstance(root, (DicomInputError, ValueError)) and type(root).__module__.startswith("medtransfer")
+    text = str(root) if known else f"{type(root).__name__}: {root}"
+    if str(scan.input) not in text:
+        text = f"{scan.input}: {text}"
+    if "allow_uneven=True" in text:
+        text += " (medtransfer segment: --allow-uneven)"
+    return text
+
+
+def _pipeline(model: SegmentationModel, scan: _Scan, allow_uneven: bool):
+    """The model's preprocessing with a DICOM reader for this scan's series (asked first, as registered last)."""
+    try:
+        pipeline = copy.deepcopy(model.preprocessing)
+    except Exception:  # a trusted bundle's transforms may not copy; readers registered on the original then pile up
+        pipeline = model.preprocessing
+    first = pipeline.transforms[0] if getattr(pipeline, "transforms", None) else None
+    if isinstance(first, LoadImaged):
+        first.register(DicomSeriesReader(series_uid=scan.series.uid if scan.series else None, allow_uneven=allow_uneven))
+    return pipeline
+
+
+def _affine4(affine: np.ndarray) -> np.ndarray:
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape == (4, 4):
+        return affine
+    full = np.eye(4)  # 2D: a (3, 3) affine acting on (row, column, 1)
+    full[:2, :2] = affine[:2, :2]
+    full[:2, 3] = affine[:2, 2]
+    return full
+
+
+def _write_nifti(mask: np.ndarray, affine: np.ndarray, source: Path, path: Path) -> None:
+    """uint8 NIfTI; for a NIfTI input the input's own header (qform/sform codes, units) is kept."""
+    image = None
+    if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
+        original = nib.load(source)
+        if tuple(original.shape[: mask.ndim]) == mask.shape and np.allclose(original.affine, _affine4(affine), atol=1e-3):
+            header = original.header.copy()
+            header.set_data_dtype(np.uint8)
+            image = nib.Nifti1Image(mask, original.affine, header=header)
+    if image is None:
+        affine4 = _affine4(affine)
+        image = nib.Nifti1Image(mask, affine4)
+        image.set_qform(affine4, code=1)
+        image.set_sform(affine4, code=1)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header["cal_min"], image.header["cal_max"] = 0, 1
+    image.header["descrip"] = b"medtransfer binary segmentation"
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{''.join(path.suffixes)}")
+    try:
+        nib.save(image, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _segment_scan(model: SegmentationModel, scan: _Scan, nifti: Path, dicom: Path | None, allow_uneven: bool) -> dict:
+    pipeline = _pipeline(model, scan, allow_uneven)
+    data = pipeline({"image": str(scan.input)})
+    image = data["image"]
+    original_shape = tuple(int(s) for s in image.meta["spatial_shape"])
+    original_affine = np.asarray(image.meta["original_affine"], dtype=float)
+    plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    logits = model.predict(plain[None])
+    data["pred"] = MetaTensor(logits[0].argmax(0, keepdim=True).to(torch.float32).cpu())
+    del logits
+    data = Invertd(keys="pred", transform=pipeline, orig_keys="image", nearest_interp=True, to_tensor=True)(data)
+    pred = data["pred"]
+    mask = np.asarray(pred[0].detach().cpu().numpy()).round().astype(np.uint8)
+    affine = np.asarray(pred.affine, dtype=float)
+    if mask.shape != original_shape or not np.allclose(_affine4(affine), _affine4(original_affine), atol=1e-3):
+        raise SegmentError(
+            f"{scan.input}: the mask came back with shape {mask.shape} / affine {np.round(affine, 3).tolist()} "
+            f"instead of the input's {original_shape} / {np.round(original_affine, 3).tolist()}; not written"
+        )
+    _write_nifti(mask, affine, scan.input, nifti)
+    if dicom is not None:
+        try:
+            write_dicom_seg(
+                mask, scan.series, dicom, segment_label=model.label_name[:64] or "foreground",
+                description=f"medtransfer {model.label_name}"[:64],
+            )
+        except Exception:
+            nifti.unlink(missing_ok=True)  # no half-finished pair: the NIfTI alone would look like a full result
+            raise
+    n_voxels = int(mask.sum())
+    voxel_mm3 = abs(float(np.linalg.det(_affine4(affine)[:3, :3]))) if mask.ndim == 3 else None
+    return {
+        "n_voxels": n_voxels,
+        "volume_ml": round(n_voxels * voxel_mm3 / 1000.0, 4) if voxel_mm3 is not None else None,
+    }
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def _outputs(scan: _Scan, output: Path) -> tuple[Path, Path | None]:
+    nifti = output / f"{scan.name}_seg.nii.gz"
+    return nifti, (output / f"{scan.name}_seg.dcm") if scan.series is not None else None
+
+
+def write_summary(results: Sequence[ScanResult], path: str | os.PathLike) -> Path:
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        row = asdict(result)
+        row["warnings"] = " | ".join(result.warnings)
+        writer.writerow({k: "" if row[k] is None else row[k] for k in SUMMARY_COLUMNS})
+    data = stream.getvalue().encode()
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+    return Path(path)
+
+
+def segment(
+    model_or_bundle: str | os.PathLike | SegmentationModel,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    series_uid: str | None = None,
+    overwrite: bool = False,
+    trusted: bool = False,
+    allow_uneven: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[ScanResult]:
+    """Segment every scan in ``inputs`` with a bundle / run folder (or a loaded SegmentationModel).
+
+    Writes ``<scan>_seg.nii.gz`` per scan (and ``<scan>_seg.dcm``, a DICOM-SEG, per DICOM series) and
+    ``summary.csv`` into ``output``. ``series_uid`` picks one series of a folder holding several (``"all"``: each).
+    Raises BundleError / UntrustedBundleError for a model that cannot be used safely, SegmentError if outputs
+    exist and ``overwrite`` is false (checked before anything is computed). A scan that fails gets status
+    "failed" and its error; the others go on.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    output = Path(output)
+    model = (
+        model_or_bundle
+        if isinstance(model_or_bundle, SegmentationModel)
+        else load_model(model_or_bundle, trusted=trusted, device=device)
+    )
+    scans = find_scans(inputs, series_uid)
+    planned = [path for scan in scans if scan.error is None for path in _outputs(scan, output) if path is not None]
+    existing = [p for p in (*planned, output / SUMMARY_NAME) if p.exists()]
+    if existing and not overwrite:
+        listing = "\n".join(f"  {p}" for p in existing[:20])
+        raise SegmentError(
+            f"{output}: {len(existing)} output file(s) already exist and would be overwritten:\n{listing}\n"
+            f"choose another output folder, or pass --overwrite (overwrite=True)"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+
+    results: list[ScanResult] = []
+    bar = tqdm(scans, desc="segment", unit="scan", disable=not progress)
+    for scan in bar:
+        bar.set_postfix_str(scan.name)
+        result = ScanResult(scan=scan.name, input=str(scan.input), warnings=list(scan.warnings))
+        if scan.error is not None:
+            result.status, result.error = "failed", scan.error
+            results.append(result)
+            continue
+        nifti, dicom = _outputs(scan, output)
+        started = time.perf_counter()
+        with _collect_warnings() as warnings:
+            try:
+                measured = _segment_scan(model, scan, nifti, dicom, allow_uneven)
+                result.output_nifti = str(nifti)
+                result.output_dicom_seg = str(dicom) if dicom else None
+                result.n_voxels, result.volume_ml = measured["n_voxels"], measured["volume_ml"]
+            except Exception as error:  # one bad scan must not stop the others; the row says what went wrong
+                result.status, result.error = "failed", _message(error, scan)
+                logger.debug("scan %s failed", scan.input, exc_info=True)
+        result.seconds = round(time.perf_counter() - started, 3)
+        result.warnings += [w for w in warnings if w not in result.warnings]
+        results.append(result)
+    write_summary(results, output / SUMMARY_NAME)
+    return results

@@ -87,16 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     verify = bundle.add_parser("verify", help="metadata schema (offline) and network input/output checks")
     verify.add_argument("bundle")
     verify.set_defaults(handler=_bundle_verify)
+
+    from medtransfer.analysis.cli_commands import register as register_analyze
+    from medtransfer.study.cli_commands import register as register_study
+
+    register_study(commands)
+    register_analyze(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medtransfer.data.manifest import ManifestError
+    from medtransfer.study.spec import StudyError
 
     try:
         return args.handler(args)
-    except ManifestError as error:
+    except (ManifestError, StudyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -5,5 +5,6 @@ from medtransfer.handlers.metrics import CaseMetrics
 from medtransfer.handlers.pretraining import PretrainingCheckpoints
 from medtransfer.handlers.run_record import RunRecord
 from medtransfer.handlers.transfer import ApplyTransfer
+from medtransfer.handlers.transferability import TransferabilityScore
 
-__all__ = ["ApplyTransfer", "BestModelSaver", "CaseMetrics", "PretrainingCheckpoints", "ResumableCheckpoint", "RunRecord"]
+__all__ = ["ApplyTransfer", "BestModelSaver", "CaseMetrics", "PretrainingCheckpoints", "ResumableCheckpoint", "RunRecord", "TransferabilityScore"]

@@ -11,6 +11,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from medtransfer.atomic import save_torch
+from medtransfer.training.distributed import is_main_process
 from medtransfer.training.run_directory import RunDirectory
 
 logger = logging.getLogger("medtransfer.handlers")
@@ -56,6 +57,8 @@ class ResumableCheckpoint:
         logger.info("resumed %s at epoch %d", path, engine.state.epoch)
 
     def save(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
         state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
         state["trainer"] = engine.state_dict()
         state["elapsed_seconds"] = self.elapsed()
@@ -86,7 +89,8 @@ class BestModelSaver:
         self.history.append((epoch, value))
         if value > self.best_value:
             self.best_value, self.best_epoch = value, epoch
-            save_torch(self.run_directory.model_path, _plain_state_dict(self.network))
+            if is_main_process():
+                save_torch(self.run_directory.model_path, _plain_state_dict(self.network))
 
     def state_dict(self) -> dict:
         return {

@@ -9,6 +9,7 @@ from ignite.engine import Engine, Events
 from monai.networks.nets import DynUNet, FlexibleUNet
 
 from medtransfer.atomic import save_torch, sha256_of
+from medtransfer.training.distributed import is_main_process
 from medtransfer.networks.parts import parts, state_tensors
 from medtransfer.training.run_directory import RunDirectory
 
@@ -60,11 +61,13 @@ class PretrainingCheckpoints:
 
     def _scheduled(self, trainer: Engine) -> None:
         epoch = int(trainer.state.epoch)
-        if epoch in self.schedule:
+        if epoch in self.schedule and is_main_process():
             entry = self._write(f"checkpoints/epoch_{epoch:04d}.pt", epoch)
             logger.info("pretraining checkpoint at epoch %d: %s", epoch, entry["path"])
 
     def _final(self, trainer: Engine) -> None:
+        if not is_main_process():
+            return
         final = self._write("pretrained.pt", int(trainer.state.epoch))
         folder = Path(self.run_directory.path)
         scheduled = [  # from disk, so checkpoints written before an interruption are listed too

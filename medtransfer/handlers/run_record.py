@@ -12,6 +12,7 @@ from medtransfer.evaluation.summary import write_summary
 from medtransfer.handlers.checkpoint import BestModelSaver, ResumableCheckpoint
 from medtransfer.handlers.metrics import CaseMetrics
 from medtransfer.atomic import save_torch, sha256_of
+from medtransfer.training.distributed import is_main_process
 from medtransfer.training.run_directory import RunDirectory
 from medtransfer.training.weights import load_weights
 
@@ -57,6 +58,8 @@ class RunRecord:
         self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
 
     def finish(self, trainer: Engine) -> None:
+        if not is_main_process():  # rank 0 evaluates and writes; the replicas are identical
+            return
         run = self.run_directory
         fields = {
             "status": "finished",

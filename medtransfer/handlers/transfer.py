@@ -11,6 +11,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medtransfer.atomic import save_json, sha256_of
+from medtransfer.training.distributed import is_main_process
 from medtransfer.transfer.adapters import load_checkpoint
 from medtransfer.transfer.freezing import FrozenParts
 from medtransfer.transfer.strategies import TransferError, copy_parts, get_strategy
@@ -120,7 +121,7 @@ class ApplyTransfer:
         return Path(self.run_directory.path) / "transfer.json"
 
     def _record(self) -> None:
-        if self.run_directory is None:
+        if self.run_directory is None or not is_main_process():
             return
         if not self.resumed:
             save_json(self._report_path(), self.report)
@@ -130,6 +131,11 @@ class ApplyTransfer:
             logger.info("transfer: the head's shapes differ from the checkpoint; the head was re-initialised")
 
     # Optimizer -----------------------------------------------------------------------------------------
+    def applied_network(self) -> nn.Module:
+        """The network after the transfer: what DistributedDataParallel must wrap (it reads requires_grad once)."""
+        self.apply()
+        return self.network
+
     def param_groups(self, learning_rate: float) -> list[dict]:
         """Trainable parameters, transferred ones in their own group at `transferred_lr_scale` × lr.
 

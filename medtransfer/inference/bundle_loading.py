@@ -222,8 +222,11 @@ class _Literals:
                 self.problems.append(f"{key} = {config[key]!r} (a reference to a missing key)")
                 return None, {}
         if not isinstance(item, Mapping) or "_target_" not in item:
-            shown = item if isinstance(item, str) else f"a {type(item).__name__}"
-            self.problems.append(f"{key} = {shown!r} (not a declarative component with a _target_)")
+            if isinstance(item, str) and item.startswith("$"):
+                self.problems.append(f"{key} = {item!r} (a Python expression)")
+            else:
+                shown = item if isinstance(item, str) else f"a {type(item).__name__}"
+                self.problems.append(f"{key} = {shown!r} (not a declarative component with a _target_)")
             return None, {}
         target = item["_target_"]
         if not isinstance(target, str) or target not in targets:
@@ -261,7 +264,7 @@ def _refusal(bundle: Path, config_path: Path, problems: list[str]) -> UntrustedB
     listing = "\n".join(f"  - {p}" for p in problems)
     return UntrustedBundleError(
         f"{bundle}: refused to load {config_path.relative_to(bundle)} in safe mode. medtransfer runs only the "
-        f"allow-listed networks ({', '.join(sorted({t for t in NETWORK_TARGETS if '.' in t}))}, DynUNet, "
+        f"allow-listed networks (medtransfer.networks.build_dynunet / build_resnet_unet, MONAI DynUNet / "
         f"FlexibleUNet), its standard preprocessing (medtransfer.data.eval_transforms) and SlidingWindowInferer, "
         f"with literal arguments. This bundle wants to execute:\n{listing}\n"
         f"If you trust the bundle's author and have read its configs, rerun with --trusted (trusted=True), which "
@@ -311,7 +314,9 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
         not isinstance(spacing, list) or len(spacing) != spatial_dims
         or not all(isinstance(s, (int, float)) and s > 0 for s in spacing)
     ):
-        raise BundleError(f"{config_path}: target_spacing must be null or {spatial_dims} positive numbers, got {spacing!r}")
+        raise BundleError(
+            f"{config_path}: target_spacing must be null or {spatial_dims} positive numbers, got {spacing!r}"
+        )
     return SafeSpec(
         network_target=network_target,
         network_args=network_args,
@@ -505,7 +510,9 @@ def load_run(
     if record is None:
         raise BundleError(f"{run}: neither a MONAI bundle (configs/metadata.json) nor a run folder (run.json)")
     if record.get("status") != "finished":
-        raise BundleError(f"{run}: the run is not finished (status {record.get('status')!r}); its model.pt is provisional")
+        raise BundleError(
+            f"{run}: the run is not finished (status {record.get('status')!r}); its model.pt is provisional"
+        )
     weights = run / "model.pt"
     if not weights.is_file():
         raise BundleError(f"{run}: model.pt is missing")
@@ -516,14 +523,14 @@ def load_run(
     target_spacing, content = run_target_spacing(config, manifest)
     network = _load_into(_run_network(config, run), weights, device)
     dims = int(config["spatial_dims"])
-    label = (content.get("label_meaning") or {}).get("1", "foreground")
+    label = str((content.get("label_meaning") or {}).get("1", "foreground")).split(" (")[0].strip() or "foreground"
     return SegmentationModel(
         network=network,
         spatial_dims=dims,
         preprocessing=_eval_preprocessing(dims, target_spacing),
         roi_size=[int(s) for s in config["patch_size"]],
         source=f"run {run}",
-        label_name=str(label),
+        label_name=label,
         device=device,
     )
 

@@ -170,8 +170,10 @@ def _dicom_scans(folder: Path, series_uid: str | None) -> list[_Scan]:
     return scans
 
 
-def _walk(folder: Path, series_uid: str | None) -> list[_Scan]:
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def _walk(folder: Path, series_uid: str | None, exclude: Path | None = None) -> list[_Scan]:
+    entries = sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and (exclude is None or p.resolve() != exclude)
+    )
     files = [p for p in entries if p.is_file()]
     scans = [
         _Scan(name=_safe_name(_stem(p)), input=p, alternative=_safe_name(f"{folder.name}_{_stem(p)}"))
@@ -182,16 +184,21 @@ def _walk(folder: Path, series_uid: str | None) -> list[_Scan]:
         return scans + _dicom_scans(folder, series_uid)  # the DICOM scan covers the folder's sub-folders too
     for sub in entries:
         if sub.is_dir():
-            scans += _walk(sub, series_uid)
+            scans += _walk(sub, series_uid, exclude)
     return scans
 
 
-def find_scans(inputs: Iterable[str | os.PathLike], series_uid: str | None = None) -> list[_Scan]:
+def find_scans(
+    inputs: Iterable[str | os.PathLike], series_uid: str | None = None, exclude: str | os.PathLike | None = None
+) -> list[_Scan]:
     """Scans named by ``inputs``: image files, folders of them, and folders holding DICOM series.
 
     A folder holding several DICOM series is an error for that folder unless ``series_uid`` picks one or is
-    ``"all"``. Names are file stems / folder names, made unique when two inputs would share one.
+    ``"all"``. Names are file stems / folder names, made unique when two inputs would share one. ``exclude``
+    (the output folder) is never searched, so masks written inside an input folder are not segmented next time.
     """
+    inputs = list(inputs)
+    exclude = Path(exclude).resolve() if exclude is not None else None
     scans: list[_Scan] = []
     for item in inputs:
         path = Path(item)
@@ -211,7 +218,7 @@ def find_scans(inputs: Iterable[str | os.PathLike], series_uid: str | None = Non
                     error=f"{path}: not a supported image file ({', '.join(IMAGE_SUFFIXES)}) or DICOM folder",
                 ))
         else:
-            found = _walk(path, series_uid)
+            found = _walk(path, series_uid, exclude)
             if not found and series_uid in (None, ALL_SERIES):
                 found = [_Scan(
                     name=_safe_name(path.name), input=path,
@@ -271,7 +278,8 @@ def _pipeline(model: SegmentationModel, scan: _Scan, allow_uneven: bool):
         pipeline = model.preprocessing
     first = pipeline.transforms[0] if getattr(pipeline, "transforms", None) else None
     if isinstance(first, LoadImaged):
-        first.register(DicomSeriesReader(series_uid=scan.series.uid if scan.series else None, allow_uneven=allow_uneven))
+        uid = scan.series.uid if scan.series else None
+        first.register(DicomSeriesReader(series_uid=uid, allow_uneven=allow_uneven))
     return pipeline
 
 
@@ -290,7 +298,8 @@ def _write_nifti(mask: np.ndarray, affine: np.ndarray, source: Path, path: Path)
     image = None
     if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
         original = nib.load(source)
-        if tuple(original.shape[: mask.ndim]) == mask.shape and np.allclose(original.affine, _affine4(affine), atol=1e-3):
+        same_grid = np.allclose(original.affine, _affine4(affine), atol=1e-3)
+        if tuple(original.shape[: mask.ndim]) == mask.shape and same_grid:
             header = original.header.copy()
             header.set_data_dtype(np.uint8)
             image = nib.Nifti1Image(mask, original.affine, header=header)
@@ -315,19 +324,25 @@ def _segment_scan(model: SegmentationModel, scan: _Scan, nifti: Path, dicom: Pat
     data = pipeline({"image": str(scan.input)})
     image = data["image"]
     original_shape = tuple(int(s) for s in image.meta["spatial_shape"])
-    original_affine = np.asarray(image.meta["original_affine"], dtype=float)
+    original_affine = image.meta.get("original_affine")  # readers of PNG etc. do not record it
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-    logits = model.predict(plain[None])
-    data["pred"] = MetaTensor(logits[0].argmax(0, keepdim=True).to(torch.float32).cpu())
-    del logits
+    logits = model.predict(plain[None])[0]
+    # argmax; for two channels a comparison gives the same (ties -> 0) at a fraction of torch's strided argmax cost
+    labels = (logits[1] > logits[0]) if logits.shape[0] == 2 else logits.argmax(0)
+    data["pred"] = MetaTensor(labels[None].to(torch.float32).cpu())
+    del logits, labels
     data = Invertd(keys="pred", transform=pipeline, orig_keys="image", nearest_interp=True, to_tensor=True)(data)
     pred = data["pred"]
     mask = np.asarray(pred[0].detach().cpu().numpy()).round().astype(np.uint8)
     affine = np.asarray(pred.affine, dtype=float)
-    if mask.shape != original_shape or not np.allclose(_affine4(affine), _affine4(original_affine), atol=1e-3):
+    same_affine = original_affine is None or np.allclose(
+        _affine4(affine), _affine4(np.asarray(original_affine, dtype=float)), atol=1e-3
+    )
+    if mask.shape != original_shape or not same_affine:
         raise SegmentError(
             f"{scan.input}: the mask came back with shape {mask.shape} / affine {np.round(affine, 3).tolist()} "
-            f"instead of the input's {original_shape} / {np.round(original_affine, 3).tolist()}; not written"
+            f"instead of the input's {original_shape} / {np.round(np.asarray(original_affine), 3).tolist()}; "
+            f"not written"
         )
     _write_nifti(mask, affine, scan.input, nifti)
     if dicom is not None:
@@ -395,7 +410,7 @@ def segment(
         if isinstance(model_or_bundle, SegmentationModel)
         else load_model(model_or_bundle, trusted=trusted, device=device)
     )
-    scans = find_scans(inputs, series_uid)
+    scans = find_scans(inputs, series_uid, exclude=output)
     planned = [path for scan in scans if scan.error is None for path in _outputs(scan, output) if path is not None]
     existing = [p for p in (*planned, output / SUMMARY_NAME) if p.exists()]
     if existing and not overwrite:

@@ -53,6 +53,15 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _barrier() -> None:
+    from medtransfer.training.distributed import is_distributed
+
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def read_run_record(folder: str | Path) -> dict | None:
     path = Path(folder) / "run.json"
     if not path.is_file():
@@ -107,7 +116,7 @@ class RunDirectory:
                     "it is never overwritten silently: choose another --output_dir, or pass --overwrite true"
                 )
             logger.warning("overwriting the finished run in %s (overwrite=true)", self.path)
-            self._clear()
+            self._clear_on_main()
             record = None
         if record and self.checkpoint_path.exists():
             if record.get("config_hash") != self.config_hash:
@@ -123,12 +132,20 @@ class RunDirectory:
             self.resumed = True
             logger.info("resuming the unfinished run in %s from %s", self.path, self.checkpoint_path)
         elif record and self.overwrite:
-            self._clear()
+            self._clear_on_main()
         self.path.mkdir(parents=True, exist_ok=True)
         started = record.get("started_at") if self.resumed and record else time.strftime("%Y-%m-%dT%H:%M:%S")
         self.write_record({"status": "running", "started_at": started, "resumed": self.resumed})
+        _barrier()  # every rank decided from the same folder state before training starts
         self._prepared = True
         return self
+
+    def _clear_on_main(self) -> None:
+        from medtransfer.training.distributed import is_main_process
+
+        _barrier()  # all ranks have read the old record before rank 0 removes it
+        if is_main_process():
+            self._clear()
 
     def _clear(self) -> None:
         for name in ("run.json", "model.pt", "checkpoint.pt", "summary.json", "transfer.json"):
@@ -136,7 +153,11 @@ class RunDirectory:
         shutil.rmtree(self.path / "tensorboard", ignore_errors=True)
 
     def write_record(self, fields: dict[str, Any]) -> dict:
-        """Merge `fields` into run.json (atomically), always with the configuration and its hash."""
+        """Merge `fields` into run.json (atomically), always with the configuration and its hash (rank 0 only)."""
+        from medtransfer.training.distributed import is_main_process
+
+        if not is_main_process():
+            return {}
         record = read_run_record(self.path) or {}
         record.update(fields)
         record.update(

@@ -1,0 +1,574 @@
+"""Layer-wise comparison of two networks on the same images: CKA (+ RSA) per U-Net level.
+
+Three steps, each usable alone:
+
+* :func:`load_network` — a network from a run folder or a checkpoint file, built with
+  :func:`medtransfer.networks.build_dynunet`. Parts a file does not provide (an encoder-only checkpoint's
+  decoder and head) keep a seeded random initialisation, and the returned :class:`LoadedNetwork` says so.
+* :func:`image_batches` — a manifest split through the evaluation transforms, as stackable minibatches.
+* :func:`layer_cka` — both networks run on the same minibatches; every level's features are recorded with
+  :class:`~medtransfer.analysis.features.FeatureRecorder` and compared with the minibatch CKA estimator
+  (:class:`~medtransfer.analysis.cka.MinibatchCKA`), so memory is bounded by one minibatch.
+
+Feature modes (``mode``):
+
+* ``"flatten"`` (default, the published convention): every image is centre padded/cropped to one
+  ``spatial_size`` so minibatches stack, and each example's whole feature map is one vector. Minibatches
+  of ``batch_size`` examples (at least 4, the unbiased estimator's minimum); a last partial batch is kept when
+  it has 4 or more examples, else dropped (and counted in the table).
+* ``"pool"``: batch size 1 at each image's own size (padded only to what the U-Net's strides need); each
+  map is globally averaged to a C-vector, all n vectors are kept (n × C floats) and compared at the end with
+  the unbiased CKA. Translation invariant; with instance normalisation (DynUNet) the pooled vectors vary
+  little between images, so prefer ``"flatten"`` for DynUNet.
+
+RSA (optional) needs all n examples at once; it is computed on each map average-pooled to a coarse grid of
+``RSA_GRID`` cells per axis (n × C·4^d floats), which keeps some spatial layout where global pooling after
+instance normalisation would leave almost nothing to compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medtransfer.analysis.cka import MinibatchCKA, _gram, unbiased_cka, unbiased_hsic
+from medtransfer.analysis.features import FeatureRecorder, layer_names
+from medtransfer.analysis.rsa import rsa
+from medtransfer.networks.parts import PART_NAMES, part_of, _part_table, state_tensors
+
+logger = logging.getLogger("medtransfer.analysis")
+
+CKA_MODES = ("flatten", "pool")
+MIN_BATCH = 4  # the unbiased HSIC estimator needs n >= 4 per minibatch
+RSA_GRID = 4  # RSA features: each map average-pooled to RSA_GRID cells per spatial axis
+
+
+class CompareError(ValueError):
+    """A network cannot be loaded or two networks cannot be compared; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading networks
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedNetwork:
+    """A network and where its weights came from."""
+
+    model: nn.Module
+    source: str  # the file the weights were read from ("" for a random network)
+    label: str  # short name for tables, e.g. "ft/model.pt" or "pre/epoch_0005"
+    spatial_dims: int
+    filters: list[int]
+    in_channels: int = 1
+    out_channels: int = 2
+    loaded_parts: list[str] = field(default_factory=list)
+    random_parts: list[str] = field(default_factory=list)  # seeded random init (init_seed below)
+    init_seed: int = 0
+    config: dict = field(default_factory=dict)  # run.json `config` when loaded from a run folder
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {
+            "label": self.label,
+            "source": self.source,
+            "spatial_dims": self.spatial_dims,
+            "filters": self.filters,
+            "loaded_parts": self.loaded_parts,
+            "random_parts": self.random_parts,
+            "init_seed": self.init_seed,
+            "notes": self.notes,
+        }
+
+
+def read_run_json(run_dir: str | Path) -> dict:
+    import json
+
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise CompareError(f"{run_dir}: not a run folder (no run.json)")
+    return json.loads(path.read_text())
+
+
+def load_network(
+    path: str | Path,
+    checkpoint: str | Path | None = None,
+    init_seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedNetwork:
+    """A DynUNet from a run folder or a checkpoint file, in eval mode.
+
+    * Run folder (holds ``run.json``): architecture from its ``config`` (``spatial_dims``, ``filters``);
+      weights from ``checkpoint`` when given (relative paths are taken inside the folder), else ``model.pt``
+      for a training run and ``pretrained.pt`` for a pretraining run (``config.task == "pretraining"``).
+    * File: a medtransfer checkpoint, a plain state dict, or anything
+      :func:`medtransfer.transfer.adapters.load_checkpoint` reads; the architecture (filters, channels) is
+      read off the DynUNet tensor shapes. A file inside a run folder's ``checkpoints/`` uses that run's config.
+
+    The output head is built with the file's number of channels (a reconstruction head has 1), so every
+    tensor the file holds fits. Parts the file does not provide keep the random initialisation drawn from
+    ``init_seed`` (default: the run's seed, else 0), listed in ``random_parts`` and logged.
+
+    Raises:
+        CompareError: for a folder without run.json or weights, or a file that does not fit a DynUNet.
+    """
+    from medtransfer.networks import build_dynunet
+    from medtransfer.transfer.adapters import CheckpointError, load_checkpoint
+
+    path = Path(path)
+    config: dict = {}
+    if path.is_dir():
+        record = read_run_json(path)
+        config = record.get("config", {})
+        if checkpoint is not None:
+            weights = Path(checkpoint) if Path(checkpoint).is_absolute() or Path(checkpoint).exists() else path / checkpoint
+        elif config.get("task") == "pretraining":
+            weights = path / "pretrained.pt"
+        else:
+            weights = path / "model.pt"
+        if not weights.is_file():
+            raise CompareError(f"{path}: no weights file {weights.name} (is the run finished?)")
+    else:
+        weights = path
+        run_dir = _run_folder_of(path)
+        if run_dir is not None:
+            config = read_run_json(run_dir).get("config", {})
+    if not weights.is_file():
+        raise CompareError(f"checkpoint file not found: {weights}")
+    raw_state = _raw_state(weights)
+    arch = _architecture(raw_state, config)
+    seed = int(init_seed if init_seed is not None else config.get("seed", 0) or 0)
+    model = build_dynunet(
+        arch["spatial_dims"], in_channels=arch["in_channels"], out_channels=arch["out_channels"],
+        filters=arch["filters"], init_seed=seed,
+    )
+    try:
+        adapted = load_checkpoint(weights, model)
+    except CheckpointError as error:
+        raise CompareError(str(error)) from None
+    target = state_tensors(model)
+    table = _part_table(model)
+    with torch.no_grad():
+        for name, tensor in adapted.state.items():
+            if part_of(name, table) in adapted.available_parts:
+                target[name].copy_(tensor)
+    random_parts = [part for part in PART_NAMES if part not in adapted.available_parts]
+    notes = list(adapted.notes)
+    if random_parts:
+        notes.append(f"{', '.join(random_parts)} not in {weights.name}: seeded random init (init_seed={seed})")
+        logger.info("%s: %s", weights, notes[-1])
+    label = f"{weights.parent.name}/{weights.stem}" if weights.parent.name else weights.stem
+    return LoadedNetwork(
+        model=model.to(device).eval(), source=str(weights.resolve()), label=label, spatial_dims=arch["spatial_dims"],
+        filters=arch["filters"], in_channels=arch["in_channels"], out_channels=arch["out_channels"],
+        loaded_parts=list(adapted.available_parts), random_parts=random_parts, init_seed=seed, config=config,
+        notes=notes,
+    )
+
+
+def random_network(like: LoadedNetwork, init_seed: int = 12345) -> LoadedNetwork:
+    """A randomly initialised network of the same architecture (the "random init" reference of Karimi et al.)."""
+    from medtransfer.networks import build_dynunet
+
+    model = build_dynunet(like.spatial_dims, in_channels=like.in_channels, out_channels=like.out_channels,
+                          filters=like.filters, init_seed=init_seed)
+    device = next(like.model.parameters()).device
+    return LoadedNetwork(model=model.to(device).eval(), source="", label=f"random(seed={init_seed})",
+                         spatial_dims=like.spatial_dims, filters=list(like.filters), in_channels=like.in_channels,
+                         out_channels=like.out_channels, random_parts=list(PART_NAMES), init_seed=init_seed)
+
+
+def starting_network(run_dir: str | Path) -> LoadedNetwork:
+    """The weights a fine-tuning run started from: its seeded init with the strategy's parts loaded from its
+    ``source_checkpoint`` (exactly what ApplyTransfer did before the first step)."""
+    from medtransfer.networks import build_dynunet
+    from medtransfer.transfer.adapters import load_checkpoint
+    from medtransfer.transfer.strategies import copy_parts, get_strategy
+
+    config = read_run_json(run_dir).get("config", {})
+    seed = int(config.get("seed", 0) or 0)
+    model = build_dynunet(int(config["spatial_dims"]), filters=list(config["filters"]), init_seed=seed)
+    strategy = get_strategy(config.get("strategy", "scratch"))
+    source = config.get("source_checkpoint")
+    loaded: list[str] = []
+    if strategy.needs_checkpoint and source:
+        adapted = load_checkpoint(source, model)
+        report = copy_parts(model, adapted.state, strategy, str(source))
+        loaded = sorted({entry["part"] for entry in report.values() if entry["action"] == "loaded"})
+    return LoadedNetwork(model=model.eval(), source=str(source or ""), label=f"start({strategy.name})",
+                         spatial_dims=int(config["spatial_dims"]), filters=list(config["filters"]),
+                         loaded_parts=loaded, random_parts=[p for p in PART_NAMES if p not in loaded],
+                         init_seed=seed, config=config)
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    for folder in (path.parent, path.parent.parent):
+        if (folder / "run.json").is_file():
+            return folder
+    return None
+
+
+def _raw_state(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        raw = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CompareError(f"{weights}: not a readable weights file ({type(error).__name__}: {error})") from None
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        return raw["state_dict"]
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        return raw["model"]
+    if isinstance(raw, dict):
+        return {k.removeprefix("module."): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    raise CompareError(f"{weights}: expected a state dict or a checkpoint holding one, got {type(raw).__name__}")
+
+
+def _architecture(state: Mapping[str, torch.Tensor], config: Mapping) -> dict:
+    """DynUNet spatial_dims / channels / filters, from the tensors (config as a fallback for what is absent)."""
+    first = state.get("input_block.conv1.conv.weight")
+    if first is None:
+        if not config:
+            raise CompareError("cannot tell the architecture: no DynUNet input_block tensors and no run.json config")
+        return {"spatial_dims": int(config["spatial_dims"]), "filters": list(config["filters"]),
+                "in_channels": 1, "out_channels": 2}
+    downs = sorted({int(k.split(".")[1]) for k in state if k.startswith("downsamples.") and k.endswith("conv1.conv.weight")})
+    filters = [int(first.shape[0])] + [int(state[f"downsamples.{i}.conv1.conv.weight"].shape[0]) for i in downs]
+    filters.append(int(state["bottleneck.conv1.conv.weight"].shape[0]))
+    head = state.get("output_block.conv.conv.weight")
+    return {"spatial_dims": first.ndim - 2, "filters": filters, "in_channels": int(first.shape[1]),
+            "out_channels": int(head.shape[0]) if head is not None else 2}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------
+
+
+def image_batches(
+    manifest,
+    split: str = "test",
+    spatial_size: Sequence[int] | None = None,
+    batch_size: int = 8,
+    max_images: int | None = None,
+    seed: int | None = None,
+    with_label: bool = False,
+    divisor: int = 1,
+) -> list[dict]:
+    """A manifest split through the evaluation transforms, as a list of ``{"image", ["label"], "ids"}`` batches.
+
+    Args:
+        manifest: a :class:`medtransfer.data.Manifest` (or a name/path, opened with ``MEDTRANSFER_DATA``).
+        split: ``training``, ``validation`` or ``test``.
+        spatial_size: centre pad/crop every image to this size (batches then stack); ``None`` keeps each
+            image's size, padded up to a multiple of ``divisor``, one image per batch.
+        batch_size: images per batch (ignored without ``spatial_size``).
+        max_images: use at most this many images: a seeded random sample when ``seed`` is given, else the first.
+        with_label: include the labels (needed by LogME).
+        divisor: the U-Net's total stride (``2 ** (len(filters) - 1)``); ``spatial_size`` must be a multiple.
+
+    Images are loaded one at a time, so memory holds the batches only (they are small next to the features).
+    """
+    from monai.transforms import DivisiblePadd, ResizeWithPadOrCropd
+
+    from medtransfer.data import eval_transforms, open_manifest
+
+    if isinstance(manifest, (str, Path)):
+        manifest = open_manifest(manifest)
+    items = manifest.datalist(split, require_labels=with_label)
+    if max_images is not None and len(items) > max_images:
+        if seed is None:
+            items = items[:max_images]
+        else:
+            order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:max_images]
+            items = [items[i] for i in sorted(order.tolist())]
+    keys = ["image", "label"] if with_label else ["image"]
+    if spatial_size is not None:
+        if any(int(s) % divisor for s in spatial_size):
+            raise CompareError(f"spatial_size {list(spatial_size)} must be a multiple of the U-Net's stride {divisor}")
+        shape = ResizeWithPadOrCropd(keys=keys, spatial_size=list(spatial_size))
+    else:
+        shape, batch_size = DivisiblePadd(keys=keys, k=divisor), 1
+    load = eval_transforms(manifest.dimensions, manifest.label_map, manifest.target_spacing, with_label=with_label)
+    batches, pending = [], []
+    for item in items:
+        loaded = shape(load(item))
+        pending.append(loaded)
+        if len(pending) == batch_size:
+            batches.append(_stack(pending, keys))
+            pending = []
+    if pending:
+        batches.append(_stack(pending, keys))
+    return batches
+
+
+def _stack(items: list[dict], keys: list[str]) -> dict:
+    from monai.utils import convert_to_tensor
+
+    batch = {key: torch.stack([convert_to_tensor(item[key], track_meta=False) for item in items]) for key in keys}
+    batch["ids"] = [item.get("id", "") for item in items]
+    return batch
+
+
+def stride_of(network: LoadedNetwork | nn.Module) -> int:
+    filters = network.filters if isinstance(network, LoadedNetwork) else None
+    if filters is None:
+        raise CompareError("stride_of needs a LoadedNetwork")
+    return 2 ** (len(filters) - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer CKA
+# ---------------------------------------------------------------------------------------------------------
+
+
+def layer_cka(
+    model_a: nn.Module | LoadedNetwork,
+    model_b: nn.Module | LoadedNetwork,
+    batches: Iterable[torch.Tensor | Mapping[str, torch.Tensor]],
+    layers: str | Sequence[str] = "encoder",
+    mode: str = "flatten",
+    with_rsa: bool = True,
+    device: str | torch.device | None = None,
+) -> list[dict]:
+    """Per-level CKA (and RSA) between two networks of the same family on the same images.
+
+    Each level of ``model_a`` is compared with the same-named level of ``model_b`` (the diagonal of the
+    layer × layer matrix — the comparison of Karimi et al. / Goerttler & Obermayer: how much did layer ℓ
+    change?). Both networks are put in eval mode and run without gradients; training flags are restored.
+
+    Args:
+        model_a, model_b: networks (or :class:`LoadedNetwork`) with the same level names.
+        batches: ``(B, C, *spatial)`` tensors or dicts with ``"image"``; see :func:`image_batches`.
+        layers: ``"encoder"``, ``"decoder"``, ``"all"`` or explicit level names.
+        mode: ``"flatten"`` (minibatch CKA; batches of >= 4 equal-size images) or ``"pool"`` (global
+            average per example, unbiased CKA over all examples; any batch sizes). See the module doc.
+        with_rsa: also compute RSA on coarse-grid pooled features (all examples kept: n × C·4^d floats).
+        device: where images go; default the device of ``model_a``'s parameters.
+
+    Returns:
+        One dict per level, forward order: ``{"layer", "part", "cka", "rsa", "n_examples", "n_batches",
+        "mode", "dropped_examples"}`` (``rsa`` None without ``with_rsa``).
+    """
+    if mode not in CKA_MODES:
+        raise CompareError(f"unknown CKA mode {mode!r}; expected one of {CKA_MODES}")
+    net_a = model_a.model if isinstance(model_a, LoadedNetwork) else model_a
+    net_b = model_b.model if isinstance(model_b, LoadedNetwork) else model_b
+    names = layer_names(net_a, layers) if isinstance(layers, str) else list(layers)
+    missing = [n for n in names if n not in layer_names(net_b, "all")]
+    if missing:
+        raise CompareError(f"levels {missing} of network A are not levels of network B")
+    device = torch.device(device) if device is not None else next(net_a.parameters()).device
+    table = _part_table(net_a)
+    minibatch = MinibatchCKA(len(names), len(names)) if mode == "flatten" else None
+    pooled_a: dict[str, list] = {n: [] for n in names}
+    pooled_b: dict[str, list] = {n: [] for n in names}
+    grid_a: dict[str, list] = {n: [] for n in names}
+    grid_b: dict[str, list] = {n: [] for n in names}
+    grams_a: dict[str, torch.Tensor] = {}
+    grams_b: dict[str, torch.Tensor] = {}
+    n_examples = n_batches = dropped = 0
+    with _evaluating(net_a), _evaluating(net_b):
+        for batch in batches:
+            images = _images(batch).to(device)
+            if mode == "flatten" and images.shape[0] < MIN_BATCH:
+                dropped += images.shape[0]
+                continue
+            # one network's features at a time: each is reduced (Gram matrix, pooled vectors) before the other
+            # runs, so peak memory is one network's features of one minibatch
+            for net, pooled, grid, grams in ((net_a, pooled_a, grid_a, grams_a), (net_b, pooled_b, grid_b, grams_b)):
+                features = _record(net, names, images)
+                for name in names:
+                    fmap = features.pop(name)
+                    if mode == "flatten":
+                        grams[name] = _gram(fmap.reshape(fmap.shape[0], -1))
+                    else:
+                        pooled[name].append(_global_pool(fmap))
+                    if with_rsa:
+                        grid[name].append(_grid_pool(fmap))
+                    del fmap
+                del features
+            if minibatch is not None:
+                # diagonal only: the cross-layer terms would cost L² HSICs for nothing we report
+                for i, name in enumerate(names):
+                    ka, kb = grams_a[name], grams_b[name]
+                    minibatch.hsic_ab[i, i] += unbiased_hsic(ka, kb).cpu()
+                    minibatch.hsic_aa[i] += unbiased_hsic(ka, ka).cpu()
+                    minibatch.hsic_bb[i] += unbiased_hsic(kb, kb).cpu()
+                minibatch.num_batches += 1
+            n_examples += images.shape[0]
+            n_batches += 1
+    if n_batches == 0:
+        raise CompareError(f"no batch of >= {MIN_BATCH} images to compare (mode {mode!r}); {dropped} images dropped")
+    if minibatch is not None:
+        cka_values = (minibatch.hsic_ab.diagonal() / torch.sqrt(minibatch.hsic_aa * minibatch.hsic_bb)).tolist()
+    else:
+        if n_examples < MIN_BATCH:
+            raise CompareError(f"CKA needs >= {MIN_BATCH} examples, got {n_examples}")
+        cka_values = [float(unbiased_cka(torch.cat(pooled_a[n]), torch.cat(pooled_b[n]))) for n in names]
+    rows = []
+    for name, value in zip(names, cka_values):
+        rsa_value = None
+        if with_rsa and n_examples >= 3:
+            try:
+                rsa_value = rsa(torch.cat(grid_a[name]), torch.cat(grid_b[name]))
+            except ValueError as error:  # constant features: correlation undefined
+                logger.warning("RSA of %s undefined: %s", name, error)
+        rows.append({
+            "layer": name, "part": part_of(name, table), "cka": _finite(value), "rsa": _finite(rsa_value),
+            "n_examples": n_examples, "n_batches": n_batches, "mode": mode, "dropped_examples": dropped,
+        })
+    return rows
+
+
+def _record(model: nn.Module, names: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    with FeatureRecorder(model, names) as recorder:
+        model(images)
+    return dict(recorder.features)
+
+
+def _global_pool(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=tuple(range(2, t.ndim))).to(device="cpu", dtype=torch.float64)
+
+
+def _grid_pool(t: torch.Tensor) -> torch.Tensor:
+    pool = F.adaptive_avg_pool2d if t.ndim == 4 else F.adaptive_avg_pool3d
+    grid = [min(RSA_GRID, s) for s in t.shape[2:]]
+    return pool(t.float(), grid).flatten(1).to(device="cpu", dtype=torch.float64)
+
+
+def _images(batch) -> torch.Tensor:
+    from monai.utils import convert_to_tensor
+
+    value = batch["image"] if isinstance(batch, Mapping) else batch
+    return convert_to_tensor(value, track_meta=False)
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class _evaluating:
+    """Eval mode and no gradients inside; training flags restored on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.grad = torch.no_grad()
+        self.grad.__enter__()
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        self.grad.__exit__(*exc)
+        for module, training in self.flags:
+            module.training = training
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write_cka_report(
+    table: Sequence[Mapping] | Mapping[str, Sequence[Mapping]],
+    out_dir: str | Path,
+    title: str = "layer CKA",
+    meta: Mapping | None = None,
+) -> dict[str, Path]:
+    """``cka.csv``, ``cka.json`` and ``cka.png`` (heat map, levels × comparisons) in ``out_dir``.
+
+    Args:
+        table: the rows of :func:`layer_cka`, or ``{comparison name: rows}`` for several comparisons
+            (e.g. "vs start", "vs random", "seed 0 vs 1") — one heat-map column each.
+        meta: extra JSON fields (what was compared, data, mode).
+
+    Returns:
+        ``{"csv", "json", "png"}`` paths.
+    """
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medtransfer.atomic import save_json
+
+    comparisons = {"A vs B": list(table)} if not isinstance(table, Mapping) else {k: list(v) for k, v in table.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["comparison", "layer", "part", "cka", "rsa", "n_examples", "n_batches", "mode", "dropped_examples"]
+    csv_path = out / "cka.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for comparison, rows in comparisons.items():
+            for row in rows:
+                writer.writerow({"comparison": comparison, **row})
+    json_path = out / "cka.json"
+    save_json(json_path, {"meta": dict(meta or {}), "comparisons": comparisons})
+
+    layers = list(dict.fromkeys(row["layer"] for rows in comparisons.values() for row in rows))
+    names = list(comparisons)
+    has_rsa = any(row.get("rsa") is not None for rows in comparisons.values() for row in rows)
+    metrics = ["cka", "rsa"] if has_rsa else ["cka"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(1.6 + 1.5 * len(names) * len(metrics) + 1.5, 0.9 + 0.42 * len(layers)),
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        values = np.full((len(layers), len(names)), np.nan)
+        for j, name in enumerate(names):
+            for row in comparisons[name]:
+                if row.get(metric) is not None:
+                    values[layers.index(row["layer"]), j] = row[metric]
+        low = 0.0 if metric == "cka" else -1.0
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=low, vmax=1.0, aspect="auto")
+        for i in range(len(layers)):
+            for j in range(len(names)):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                            color="black" if values[i, j] > low + 0.6 * (1 - low) else "white")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        parts = {row["layer"]: row.get("part") for rows in comparisons.values() for row in rows}
+        ax.set_yticks(range(len(layers)), [f"{layer} ({parts.get(layer)})" for layer in layers], fontsize=8)
+        ax.set_title(metric.upper(), fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.08)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    png_path = out / "cka.png"
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return {"csv": csv_path, "json": json_path, "png": png_path}
+
+
+def run_cka_summary(
+    run_dir: str | Path,
+    batches: Sequence,
+    layers: str = "all",
+    mode: str = "flatten",
+    other_seed_runs: Sequence[str | Path] = (),
+    random_seed: int = 12345,
+) -> dict[str, list[dict]]:
+    """For a study's ``analysis: {cka: true}``: one fine-tuned run against its starting weights, a random
+    network, and the runs of the same cell with other seeds. ``{comparison name: layer_cka rows}``."""
+    trained = load_network(run_dir)
+    result = {
+        "vs start": layer_cka(trained, starting_network(run_dir), batches, layers, mode),
+        "vs random": layer_cka(trained, random_network(trained, random_seed), batches, layers, mode),
+    }
+    for other in other_seed_runs:
+        other_net = load_network(other)
+        result[f"vs seed {other_net.config.get('seed', Path(other).name)}"] = layer_cka(trained, other_net, batches, layers, mode)
+    return result

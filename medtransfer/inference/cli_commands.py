@@ -1,0 +1,113 @@
+"""`medtransfer segment` and `medtransfer export`: argument parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from medtransfer.inference.bundle_loading import BundleError
+    from medtransfer.inference.segment import SUMMARY_NAME, SegmentError, segment
+
+    try:
+        results = segment(
+            args.model,
+            args.inputs,
+            args.output,
+            series_uid=args.series_uid,
+            overwrite=args.overwrite,
+            trusted=args.trusted,
+            allow_uneven=args.allow_uneven,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (BundleError, SegmentError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    width = max([len(r.scan) for r in results] + [4])
+    print(f"{'scan':<{width}}  {'status':<6}  {'volume_ml':>10}  {'voxels':>10}  {'seconds':>8}")
+    for result in results:
+        volume = "" if result.volume_ml is None else f"{result.volume_ml:.2f}"
+        voxels = "" if result.n_voxels is None else str(result.n_voxels)
+        seconds = "" if result.seconds is None else f"{result.seconds:.1f}"
+        print(f"{result.scan:<{width}}  {result.status:<6}  {volume:>10}  {voxels:>10}  {seconds:>8}")
+        if result.error:
+            print(f"    error: {result.error}")
+        for warning in result.warnings:
+            print(f"    warning: {warning}")
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} of {len(results)} scans segmented; summary: {args.output}/{SUMMARY_NAME}")
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medtransfer.inference.bundle_loading import UntrustedBundleError
+    from medtransfer.inference.export import ExportError, export_bundle
+
+    try:
+        folder = export_bundle(
+            args.run_dir,
+            args.output,
+            zip=args.zip,
+            torchscript=args.torchscript,
+            onnx=args.onnx,
+            overwrite=args.overwrite,
+            manifest=args.manifest,
+            test_scan=args.test_scan,
+            version=args.version,
+        )
+    except (ExportError, UntrustedBundleError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {args.run_dir} -> {folder}" + (f" and {folder}.zip" if args.zip else ""))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `segment` and `export` to the `medtransfer` command's subparsers."""
+    seg = subparsers.add_parser(
+        "segment",
+        help="segment scans (NIfTI files, DICOM series folders) with a bundle or a finished run",
+        description=(
+            "Writes <scan>_seg.nii.gz (and <scan>_seg.dcm, a DICOM-SEG, for DICOM series) in each scan's own "
+            "geometry, plus summary.csv (volume in mL per scan). Bundles are loaded safely: only the allow-listed "
+            "network, medtransfer's standard preprocessing and a sliding-window inferer are built from literal "
+            "settings, and the weights must match their sha256; --trusted evaluates the bundle's configs instead."
+        ),
+    )
+    seg.add_argument("model", metavar="MODEL_OR_BUNDLE", help="bundle folder or .zip, or a finished run folder")
+    seg.add_argument("inputs", metavar="INPUT", nargs="+",
+                     help="NIfTI file, folder of NIfTI files, or folder of DICOM series")
+    seg.add_argument("--output", "-o", required=True, help="folder for the masks and summary.csv")
+    seg.add_argument("--series-uid", help="SeriesInstanceUID to segment in a folder holding several series, or 'all'")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument("--trusted", action="store_true",
+                     help="evaluate the bundle's configs (custom code, $ expressions): only for bundles you trust")
+    seg.add_argument("--allow-uneven", action="store_true",
+                     help="segment DICOM series with uneven spacing or missing slices (warn instead of refusing)")
+    seg.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.set_defaults(handler=_segment)
+
+    export = subparsers.add_parser(
+        "export",
+        help="export a finished run as a self-contained, verified MONAI bundle",
+        description=(
+            "Writes a bundle folder: configs/inference.yaml (no paths of this machine), configs/metadata.json "
+            "(data format, spacing, normalisation, versions, provenance, test metrics, sha256 of the weights), "
+            "models/model.pt, docs/README.md (model card), LICENSE. The bundle must pass `medtransfer bundle "
+            "verify` before it is written."
+        ),
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a finished training run")
+    export.add_argument("--output", "-o", required=True, help="bundle folder to create")
+    export.add_argument("--zip", action="store_true", help="also write OUTPUT.zip (unzips into its folder)")
+    export.add_argument("--torchscript", action="store_true", help="add models/model.ts (checked for the same mask)")
+    export.add_argument("--onnx", action="store_true",
+                        help="add models/model.onnx (needs: pip install onnx onnxscript onnxruntime)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder / zip")
+    export.add_argument("--manifest", help="the run's data manifest, if it is not found by name")
+    export.add_argument("--test-scan", help="scan to compare TorchScript/ONNX masks on (default: first test case)")
+    export.add_argument("--version", default="0.1.0", help="bundle version (semver)")
+    export.set_defaults(handler=_export)

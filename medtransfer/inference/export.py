@@ -1,0 +1,607 @@
+"""`medtransfer export`: a finished run → a self-contained MONAI bundle a collaborator can use on its own.
+
+The bundle holds the inference config of the run's bundle with the run's settings as literal top-level keys
+(``spatial_dims``, ``target_spacing``, ``patch_size``, ``filters``) and no path of this machine or repository,
+``models/model.pt`` with its sha256 in ``configs/metadata.json``, metadata filled from the run and its data
+manifest (data format, spacing, normalisation, versions, provenance, measured test metrics), a model card in
+``docs/README.md``, ``LICENSE`` and the data's licence in ``docs/data_license.txt``. Optional TorchScript and ONNX
+exports are kept only if they give the same mask as the PyTorch model on a test scan. The result must pass
+``verify_bundle`` before it is moved into place. It needs only ``pip install medtransfer`` to run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import medtransfer
+from medtransfer.atomic import _atomic_write, save_json, sha256_of
+from medtransfer.inference.bundle_loading import (
+    CHECKSUM_KEY,
+    WEIGHTS_PATH,
+    BundleError,
+    SegmentationModel,
+    _run_network,
+    read_config_file,
+    run_target_spacing,
+    safe_spec,
+)
+from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
+from medtransfer.training.run_directory import read_run_record
+from medtransfer.training.weights import WeightsError, load_weights
+
+logger = logging.getLogger(__name__)
+
+BUNDLES_DIR = Path(medtransfer.__file__).resolve().parents[1] / "bundles"
+TORCHSCRIPT_PATH = "models/model.ts"
+ONNX_PATH = "models/model.onnx"
+ONNX_PACKAGES = "pip install onnx onnxscript onnxruntime"
+INTENSITY_NORMALISATION = {
+    "method": "per-image percentile scaling (monai ScaleIntensityRangePercentilesd)",
+    "lower_percentile": 0.5,
+    "upper_percentile": 99.5,
+    "b_min": 0.0,
+    "b_max": 1.0,
+    "clip": True,
+}
+RESEARCH_ONLY = (
+    "Research use only. Not a medical device: not cleared or approved for diagnosis, treatment or any clinical "
+    "decision. Check every mask before using it."
+)
+
+
+class ExportError(ValueError):
+    """A run cannot be exported (unfinished, missing files, or the exported bundle fails verification)."""
+
+
+# --- facts from the run -------------------------------------------------------------------------------------
+
+
+def _pip_version(version: str | None) -> str:
+    return (version or "").split("+")[0]
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _short_label(meaning: str | None) -> str:
+    return (meaning or "foreground").split(" (")[0].strip()[:64] or "foreground"
+
+
+def _read_run(run: Path) -> dict:
+    record = read_run_record(run)
+    if record is None:
+        raise ExportError(f"{run}: no run.json; give the output folder of a finished training run")
+    if record.get("status") != "finished":
+        raise ExportError(
+            f"{run}: the run is not finished (status {record.get('status')!r}); resume it with the same command "
+            f"until run.json says finished"
+        )
+    weights = run / "model.pt"
+    if not weights.is_file():
+        raise ExportError(f"{run}: model.pt is missing")
+    if record.get("model_sha256") and sha256_of(weights) != record["model_sha256"]:
+        raise ExportError(f"{weights}: sha256 differs from the one run.json recorded; the file was changed")
+    for key in ("spatial_dims", "patch_size"):
+        if key not in (record.get("config") or {}):
+            raise ExportError(f"{run}/run.json: config lacks {key!r}")
+    return record
+
+
+def _pretraining(run: Path, record: dict) -> dict:
+    """Transfer strategy and the pretrained checkpoint it used (file name and sha256; no machine path)."""
+    transfer = dict(record.get("transfer") or {})
+    config = record.get("config") or {}
+    report_path = run / "transfer.json"
+    checkpoint_meta = {}
+    if report_path.is_file():
+        checkpoint_meta = json.loads(report_path.read_text()).get("checkpoint_meta") or {}
+    source = transfer.get("source_checkpoint") or config.get("source_checkpoint")
+    return {
+        "strategy": transfer.get("strategy") or config.get("strategy") or "scratch",
+        "loaded_parts": transfer.get("loaded_parts", []),
+        "frozen_parts": transfer.get("frozen_parts", []),
+        "unfreeze_epoch": transfer.get("unfreeze_epoch"),
+        "transferred_lr_scale": transfer.get("transferred_lr_scale"),
+        "head_reinitialised": transfer.get("head_reinitialised"),
+        "source_checkpoint": Path(source).name if source else None,
+        "source_checkpoint_sha256": transfer.get("checkpoint_sha256"),
+        "source_checkpoint_format": transfer.get("checkpoint_format"),
+        "pretraining_objective": checkpoint_meta.get("objective") or (None if source else "none (from scratch)"),
+        "pretraining_epoch": checkpoint_meta.get("epoch"),
+    }
+
+
+# --- bundle files -------------------------------------------------------------------------------------------
+
+
+def _inference_config(template: Path, config: dict, target_spacing) -> dict:
+    """The template's inference config with the run's settings as literal keys and a weights checksum step."""
+    content = read_config_file(template)
+    content["bundle_root"] = "."
+    content["spatial_dims"] = int(config["spatial_dims"])
+    content["target_spacing"] = [float(s) for s in target_spacing] if target_spacing else None
+    content["patch_size"] = [int(s) for s in config["patch_size"]]
+    content["filters"] = [int(s) for s in config.get("filters") or []] or content.get("filters")
+    if config.get("backbone"):
+        content["network_def"] = {
+            "_target_": "medtransfer.networks.build_resnet_unet",
+            "spatial_dims": "@spatial_dims",
+            "backbone": config["backbone"],
+            **({"decoder_channels": list(config["decoder_channels"])} if config.get("decoder_channels") else {}),
+        }
+    check = {
+        "_target_": "medtransfer.inference.bundle_loading.check_bundle_weights",
+        "bundle_root": "@bundle_root",
+        "checkpoint": "@checkpoint",
+    }
+    initialize = [step for step in content.get("initialize", []) if step != check]
+    loads = [
+        i for i, step in enumerate(initialize) if isinstance(step, dict) and "load_weights" in str(step.get("_target_"))
+    ]
+    initialize.insert(loads[0] if loads else len(initialize), check)
+    content["initialize"] = initialize
+    return content
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Block style like the hand-written configs, with lists of plain values on one line ([32, 32, 32])."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list):
+    flow = all(isinstance(v, (int, float, str, bool)) or v is None for v in value) and not any(
+        isinstance(v, str) and v.startswith("$") for v in value
+    )
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
+_ConfigDumper.add_representer(list, _represent_list)
+
+
+_HEADER = """# Inference config of an exported medtransfer bundle; needs only `pip install medtransfer`.
+#   python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . \\
+#       --input_dir scans/ --output_dir masks/
+#   medtransfer segment . scans/ --output masks/      (safe loading, DICOM-SEG for DICOM input; see docs/README.md)
+# The run's settings are literal keys below (spatial_dims, target_spacing, patch_size, filters).
+"""
+
+
+def _check_no_machine_paths(text: str, run: Path) -> None:
+    forbidden = [str(BUNDLES_DIR.parent), str(run.resolve()), "bundles/", "data_manifests", str(Path.home())]
+    found = [f for f in forbidden if f and f != "/" and f in text]
+    if found:
+        raise ExportError(f"the exported inference config would reference paths of this machine: {found}")
+
+
+def _network_data_format(template_meta: dict, config: dict, manifest: dict, label: str) -> dict:
+    dims = int(config["spatial_dims"])
+    levels = len(config.get("filters") or [0, 0, 0, 0])
+    multiple = 32 if config.get("backbone") else 2 ** (levels - 1)
+    shape = [f"{multiple}*n"] * dims
+    formats = json.loads(json.dumps(template_meta["network_data_format"]))
+    image = formats["inputs"]["image"]
+    image.update({"spatial_shape": shape, "modality": manifest.get("modality", image.get("modality", "any"))})
+    image["format"] = "hounsfield" if manifest.get("modality") == "CT" else image.get("format", "magnitude")
+    pred = formats["outputs"]["pred"]
+    pred.update({"spatial_shape": shape, "channel_def": {"0": "background", "1": label}})
+    return formats
+
+
+def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, target_spacing, version: str,
+              inferer: dict, provenance: dict) -> dict:
+    config = record["config"]
+    versions = record.get("versions") or {}
+    dims = int(config["spatial_dims"])
+    meaning = (manifest.get("label_meaning") or {}).get("1", "foreground")
+    label = _short_label(meaning)
+    metrics = record.get("metrics") or {}
+    data = record.get("data") or {}
+    network = (
+        f"MONAI FlexibleUNet with a {config['backbone']} encoder" if config.get("backbone")
+        else f"MONAI DynUNet (nnU-Net topology), {len(config.get('filters') or [])} levels, filters "
+             f"{'-'.join(str(f) for f in config.get('filters') or [])}"
+    )
+    required = {"medtransfer": versions.get("medtransfer") or medtransfer.__version__}
+    for package in ("pytorch-ignite", "nibabel", "SimpleITK", "pydicom", "highdicom", "PyYAML"):
+        found = versions.get(package) or _installed(package)
+        if found:
+            required[package] = _pip_version(found)
+    citations = manifest.get("citation") or []
+    citations = [citations] if isinstance(citations, str) else list(citations)
+    meta = dict(template_meta)
+    meta.update(
+        {
+            "version": version,
+            "changelog": {
+                version: f"exported by medtransfer {medtransfer.__version__} from run {record.get('config_hash')} "
+                         f"(finished {record.get('finished_at')})"
+            },
+            "monai_version": _pip_version(versions.get("monai") or _installed("monai")),
+            "pytorch_version": _pip_version(versions.get("torch") or torch.__version__),
+            "numpy_version": _pip_version(versions.get("numpy") or np.__version__),
+            "required_packages_version": required,
+            "name": f"{label} {dims}D segmentation ({manifest.get('name', config.get('data_manifest'))}, "
+                    f"{provenance['strategy']})",
+            "task": f"Binary {dims}D segmentation of {label} in {manifest.get('modality', 'medical')} images",
+            "description": (
+                f"{network}, trained with Dice+CE by medtransfer on {manifest.get('name')} "
+                f"(fraction {config.get('fraction')}, {data.get('n_training', '?')} training cases, seed "
+                f"{config.get('seed')}, transfer strategy {provenance['strategy']}). Input: one grey channel, "
+                f"reoriented to RAS{' and resampled to ' + str(target_spacing) + ' mm' if target_spacing else ''}, "
+                f"scaled per image to [0, 1] (0.5-99.5 percentiles). Output: two-channel logits (background, {label}); "
+                f"argmax gives the binary mask, written back in the input's geometry."
+            ),
+            "intended_use": RESEARCH_ONLY,
+            "data_source": (
+                f"{manifest.get('source', manifest.get('name'))} (licence: {manifest.get('license', 'unknown')})"
+            ),
+            "data_type": "NIfTI volumes or DICOM series folders" if dims == 3 else "2D images (PNG, NIfTI)",
+            "image_classes": "single-channel grey image, normalised per image to [0, 1]",
+            "label_classes": f"0 background, 1 {meaning}",
+            "pred_classes": f"channel 0 background, channel 1 {label} (argmax gives the binary mask)",
+            "references": list(template_meta.get("references", [])) + citations,
+            "network_data_format": _network_data_format(template_meta, config, manifest, label),
+            "eval_metrics": {
+                "mean_dice": metrics.get("mean_dice"),
+                "mean_hd95": metrics.get("mean_hd95"),
+                "mean_surface_dice": metrics.get("mean_surface_dice"),
+                "n_test_cases": metrics.get("n_test_cases"),
+            },
+            "preprocessing": {
+                "spatial_dims": dims,
+                "orientation": "RAS" if dims == 3 else None,
+                "target_spacing": target_spacing,
+                "intensity_normalisation": INTENSITY_NORMALISATION,
+                "sliding_window": inferer,
+            },
+            "training_data": {
+                "manifest": manifest.get("name"),
+                "modality": manifest.get("modality"),
+                "license": manifest.get("license"),
+                "source": manifest.get("source"),
+                "citation": citations,
+                "spacing": manifest.get("spacing"),
+                "label_meaning": manifest.get("label_meaning"),
+                "label_map": manifest.get("label_map"),
+                "fraction": config.get("fraction"),
+                "n_training": data.get("n_training"),
+                "n_validation": data.get("n_validation"),
+                "n_test": data.get("n_test"),
+            },
+            "provenance": {
+                **provenance,
+                "network": network,
+                "run_config_hash": record.get("config_hash"),
+                "run_folder": run.resolve().name,
+                "bundle": config.get("bundle"),
+                "seed": config.get("seed"),
+                "data_fraction": config.get("fraction"),
+                "max_epochs": config.get("max_epochs"),
+                "epochs": record.get("epochs"),
+                "best_epoch": record.get("best_epoch"),
+                "best_val_dice": record.get("best_val_dice"),
+                "learning_rate": config.get("learning_rate"),
+                "patch_size": config.get("patch_size"),
+                "filters": config.get("filters"),
+                "started_at": record.get("started_at"),
+                "finished_at": record.get("finished_at"),
+                "wall_time_seconds": record.get("wall_time_seconds"),
+                "versions_at_training": versions,
+                "exported_with": {"medtransfer": medtransfer.__version__, "torch": torch.__version__,
+                                  "monai": _installed("monai")},
+            },
+            CHECKSUM_KEY: {},
+            "exports": {},
+        }
+    )
+    return meta
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def model_card(meta: dict) -> str:
+    """docs/README.md: what a clinical collaborator needs to judge and run the model."""
+    data, prov, metrics = meta["training_data"], meta["provenance"], meta["eval_metrics"]
+    pre = meta["preprocessing"]
+    dims = pre["spatial_dims"]
+    citations = "\n".join(f"  - {c}" for c in data.get("citation") or []) or "  - (none given in the data manifest)"
+    exports = "\n".join(
+        f"- `{info['file']}`: {'same mask as the PyTorch model' if info['same_mask'] else 'MASK DIFFERS'} on "
+        f"{info['test_scan']} ({info['differing_voxels']} of {info['voxels']} voxels differ)"
+        for info in meta.get("exports", {}).values()
+    ) or "- none (PyTorch weights only)"
+    checksums = "\n".join(f"- `{path}`: `{digest}`" for path, digest in meta[CHECKSUM_KEY].items())
+    source = prov.get("source_checkpoint")
+    pretrained = (
+        f"Initialised from the pretrained checkpoint `{source}` (sha256 `{prov.get('source_checkpoint_sha256')}`, "
+        f"format {prov.get('source_checkpoint_format')}, pretraining objective: {prov.get('pretraining_objective')}, "
+        f"epoch {prov.get('pretraining_epoch')}); parts loaded: {', '.join(prov.get('loaded_parts') or []) or 'none'}; "
+        f"frozen: {', '.join(prov.get('frozen_parts') or []) or 'none'}."
+        if source else "Trained from scratch (no pretrained weights)."
+    )
+    geometry = ("Reoriented to RAS, " if dims == 3 else "") + (
+        f"resampled to {pre['target_spacing']} mm, " if pre["target_spacing"] else "used at its own spacing, "
+    )
+    return f"""# {meta['name']}
+
+{meta['description']}
+
+**{RESEARCH_ONLY}**
+
+## Intended use
+Segments {meta['network_data_format']['outputs']['pred']['channel_def']['1']} in {dims}D
+{data.get('modality') or ''} images like those it was trained on ({data.get('manifest')}), for research:
+prototypes and transfer-learning studies. It is not validated for clinical use, other modalities, other anatomy,
+other scanners or populations.
+
+## Data it was trained on
+- Data set: **{data.get('manifest')}** — {data.get('source')}
+- Licence of the data: **{data.get('license')}**. Weights trained on these data may carry the data's terms
+  (e.g. share-alike or non-commercial clauses); see `docs/data_license.txt`.
+- Label 1 means: {data.get('label_meaning', {}).get('1') if data.get('label_meaning') else 'foreground'}
+- Training cases: {data.get('n_training')} (fraction {data.get('fraction')} of the training split),
+  validation {data.get('n_validation')}, test {data.get('n_test')}.
+- Cite:
+{citations}
+
+## How it was trained
+- Network: {prov.get('network')}.
+- Transfer strategy: **{prov.get('strategy')}**. {pretrained}
+- Seed {prov.get('seed')}, {prov.get('epochs')} epochs (best validation Dice {_fmt(prov.get('best_val_dice'))} at epoch
+  {prov.get('best_epoch')}), learning rate {prov.get('learning_rate')}, patches {prov.get('patch_size')}.
+- Run `{prov.get('run_folder')}` (configuration hash `{prov.get('run_config_hash')}`),
+  finished {prov.get('finished_at')},
+  with {', '.join(f'{k} {v}' for k, v in (prov.get('versions_at_training') or {}).items())}.
+
+## Input and output
+- Input: one grey channel per scan: a NIfTI file or a folder holding a DICOM series.
+  {geometry}scaled per image to [0, 1] (0.5–99.5 percentiles), segmented by sliding windows of
+  {pre['sliding_window']['roi_size']}.
+- Output: a binary mask (uint8, 1 = {meta['network_data_format']['outputs']['pred']['channel_def']['1']}) with the
+  input's own shape, orientation and spacing; for DICOM input also a DICOM-SEG referencing the source series.
+
+## Performance (test split of the training data, {metrics.get('n_test_cases')} cases)
+| metric | value |
+|---|---|
+| mean Dice | {_fmt(metrics.get('mean_dice'))} |
+| mean HD95 (mm) | {_fmt(metrics.get('mean_hd95'), 2)} |
+| mean surface Dice | {_fmt(metrics.get('mean_surface_dice'))} |
+
+These numbers hold for data like the test split only; expect lower values on other scanners, protocols or
+populations, and measure on your own data before relying on the model.
+
+## How to run it
+```bash
+pip install medtransfer                  # the only requirement (brings MONAI, PyTorch, SimpleITK, highdicom)
+medtransfer bundle verify THIS_FOLDER    # checksums, metadata schema, network input/output, exports
+medtransfer segment THIS_FOLDER scans/ --output masks/     # NIfTI masks, DICOM-SEG for DICOM series, summary.csv
+python -m monai.bundle run --config_file configs/inference.yaml --bundle_root THIS_FOLDER \\
+    --input_dir scans/ --output_dir masks/                 # the same with MONAI only (NIfTI masks)
+```
+
+## What this bundle can execute
+`medtransfer segment` reads the configs as data and builds only the allow-listed network
+(`medtransfer.networks.build_dynunet` / `build_resnet_unet`, MONAI DynUNet / FlexibleUNet), medtransfer's standard
+preprocessing and a sliding-window inferer, from literal settings; the weights are loaded with
+`torch.load(weights_only=True)` after their sha256 is checked. Nothing else in the configs is evaluated.
+`python -m monai.bundle run` (and `medtransfer segment --trusted`) evaluate the whole config, which is Python:
+run them only on bundles from authors you trust, after reading `configs/inference.yaml`.
+
+## Files and checksums (sha256)
+{checksums}
+
+Exports:
+{exports}
+
+## Limitations
+- Binary: one structure per model; the mask is the argmax of two classes, without post-processing.
+- Trained on {data.get('n_training')} cases of one data set; performance elsewhere is unknown.
+- A small network sized for CPUs; accuracy is below a fully trained nnU-Net.
+- DICOM series must be complete, evenly spaced and unsheared; `segment` refuses others (or warns with
+  `--allow-uneven`) and names the files involved.
+- {RESEARCH_ONLY}
+
+## License
+Configurations and weights: see `LICENSE` (Apache-2.0). Training data: {data.get('license')}
+(`docs/data_license.txt`).
+"""
+
+
+def _data_license(meta: dict) -> str:
+    data = meta["training_data"]
+    citations = "\n".join(f"  - {c}" for c in data.get("citation") or [])
+    return (
+        f"Training data: {data.get('manifest')}\nSource: {data.get('source')}\nLicence: {data.get('license')}\n"
+        f"Citation:\n{citations}\n\nThe weights in models/ were trained on these data; their terms may apply to the "
+        f"weights and to derived work.\n"
+    )
+
+
+# --- exports and their checks -------------------------------------------------------------------------------
+
+
+def _test_image(model: SegmentationModel, record: dict, manifest: dict, test_scan) -> tuple[torch.Tensor, str]:
+    """A preprocessed test scan: the one given, else the run's first test case, else a seeded random volume."""
+    from medtransfer.data.manifest import Manifest, ManifestError
+
+    path = Path(test_scan) if test_scan else None
+    if path is None and record["config"].get("data_root"):
+        try:
+            data_root = Path(record["config"]["data_root"])
+            path = Path(Manifest(path=None, content=manifest, data_root=data_root).datalist("test")[0]["image"])
+        except (ManifestError, IndexError, KeyError, OSError):
+            path = None
+    if path is not None:
+        data = model.preprocessing({"image": str(path)})
+        return data["image"].as_tensor()[None], path.name
+    generator = torch.Generator().manual_seed(0)
+    shape = [2 * s for s in model.roi_size]
+    return torch.rand(1, 1, *shape, generator=generator), f"a seeded random volume {shape} (no test scan found)"
+
+
+def _torchscript(network: torch.nn.Module, roi_size: list[int], path: Path) -> None:
+    try:
+        scripted = torch.jit.script(network)
+    except Exception as error:  # scripting fails on some modules; tracing covers fixed-topology U-Nets
+        logger.warning("torch.jit.script failed (%s); tracing instead", error)
+        scripted = torch.jit.trace(network, torch.rand(1, 1, *roi_size))
+    _atomic_write(path, lambda stream: torch.jit.save(scripted, stream))
+
+
+def require_onnx() -> None:
+    missing = []
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ExportError(f"ONNX export needs the optional package(s) {', '.join(missing)}: {ONNX_PACKAGES}")
+
+
+def _onnx(network: torch.nn.Module, roi_size: list[int], path: Path) -> None:
+    require_onnx()
+    example = torch.rand(1, 1, *roi_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Sliding windows are always roi_size (smaller images are padded), so only the batch axis is dynamic.
+    torch.onnx.export(
+        network, (example,), str(path), input_names=["image"], output_names=["pred"],
+        dynamic_axes={"image": {0: "batch"}, "pred": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def _zip(folder: Path, archive: Path) -> Path:
+    temporary = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zipped.write(path, f"{folder.name}/{path.relative_to(folder)}")  # unzips into <name>/
+    os.replace(temporary, archive)
+    return archive
+
+
+def export_bundle(
+    run_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    zip: bool = False,
+    torchscript: bool = False,
+    onnx: bool = False,
+    overwrite: bool = False,
+    manifest: str | os.PathLike | None = None,
+    test_scan: str | os.PathLike | None = None,
+    version: str = "0.1.0",
+) -> Path:
+    """Export the finished run in ``run_dir`` as a bundle folder ``output`` (and ``output``.zip with ``zip``)."""
+    run, output = Path(run_dir), Path(output)
+    archive = output.with_name(output.name + ".zip")
+    for target in (output, archive) if zip else (output,):
+        if target.exists() and not overwrite:
+            raise ExportError(f"{target} exists; choose another --output or pass --overwrite")
+    if output.exists() and not (output / "configs" / "metadata.json").is_file():
+        raise ExportError(f"{output} exists and is not a bundle; refusing to replace it")
+    if onnx:
+        require_onnx()
+    record = _read_run(run)
+    config = record["config"]
+    dims = int(config["spatial_dims"])
+    template = BUNDLES_DIR / (config.get("bundle") or f"binary_seg_{dims}d")
+    if not (template / "configs" / "inference.yaml").is_file():
+        raise ExportError(
+            f"bundle template {template} not found: export runs from a medtransfer checkout that has bundles/"
+        )
+    try:
+        target_spacing, manifest_content = run_target_spacing(config, manifest)
+    except BundleError as error:
+        raise ExportError(str(error)) from None
+
+    network = _run_network(config, run)
+    try:
+        load_weights(network, run / "model.pt")
+    except WeightsError as error:
+        raise ExportError(str(error)) from None
+    network.eval()
+
+    inference = _inference_config(template / "configs" / "inference.yaml", config, target_spacing)
+    text = _HEADER + yaml.dump(inference, Dumper=_ConfigDumper, sort_keys=False, width=120)
+    _check_no_machine_paths(text, run)
+    spec = safe_spec(output, inference, output / "configs" / "inference.yaml")  # the export must load safely
+    inferer = {"roi_size": spec.roi_size, "sw_batch_size": spec.sw_batch_size, "overlap": spec.overlap}
+    template_meta = json.loads((template / "configs" / "metadata.json").read_text())
+    meta = _metadata(template_meta, record, run, manifest_content, target_spacing, version, inferer,
+                     _pretraining(run, record))
+
+    staging = output.with_name(f".{output.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "configs").mkdir(parents=True)
+        (staging / "models").mkdir()
+        (staging / "docs").mkdir()
+        (staging / "configs" / "inference.yaml").write_text(text)
+        shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
+        shutil.copyfile(template / "LICENSE", staging / "LICENSE")
+        meta[CHECKSUM_KEY][WEIGHTS_PATH] = sha256_of(staging / WEIGHTS_PATH)
+
+        exported = []
+        if torchscript:
+            _torchscript(network, spec.roi_size, staging / TORCHSCRIPT_PATH)
+            exported.append(("torchscript", TORCHSCRIPT_PATH))
+        if onnx:
+            _onnx(network, spec.roi_size, staging / ONNX_PATH)
+            exported.append(("onnx", ONNX_PATH))
+        if exported:
+            from medtransfer.inference.bundle_loading import _eval_preprocessing
+
+            model = SegmentationModel(
+                network=network, spatial_dims=dims, preprocessing=_eval_preprocessing(dims, target_spacing),
+                roi_size=spec.roi_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, source=str(run),
+            )
+            image, scan_name = _test_image(model, record, manifest_content, test_scan)
+            for kind, relative in exported:
+                runner = (
+                    torch.jit.load(str(staging / relative), map_location="cpu") if kind == "torchscript"
+                    else onnx_runner(staging / relative)
+                )
+                comparison = compare_masks(network, runner, image, spec.roi_size, spec.sw_batch_size, spec.overlap)
+                if not comparison["same_mask"]:
+                    raise ExportError(
+                        f"the {kind} export gives another mask than the PyTorch model on {scan_name}: "
+                        f"{comparison['differing_voxels']} voxels differ; not exported"
+                    )
+                meta["exports"][kind] = {"file": relative, "test_scan": scan_name, **comparison}
+                meta[CHECKSUM_KEY][relative] = sha256_of(staging / relative)
+
+        save_json(staging / "configs" / "metadata.json", meta)
+        (staging / "docs" / "README.md").write_text(model_card(meta))
+        (staging / "docs" / "data_license.txt").write_text(_data_license(meta))
+        report = verify_bundle(staging)
+        if not report["ok"]:
+            failed = {k: v for k, v in report["checks"].items() if v != "passed" and not v.startswith("skipped")}
+            raise ExportError(f"the exported bundle fails verification: {json.dumps(failed, indent=2)}")
+        if output.exists():
+            shutil.rmtree(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if zip:
+        _zip(output, archive)
+    logger.info("exported %s -> %s", run, output)
+    return output

@@ -1,0 +1,107 @@
+"""`medtransfer study run|report|status`. Wire with `register(commands)` in medtransfer/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _run(args: argparse.Namespace) -> int:
+    from medtransfer.study.runner import run_study
+
+    outcome = run_study(args.study_file, study_dir=args.study_dir, data_root=args.data_root,
+                        executor=args.executor, workers=args.workers, address=args.address,
+                        allow_changed=args.allow_changed, progress=not args.no_progress, report=not args.no_report)
+    counts = outcome["counts"]
+    print(f"{outcome['study_dir']}: {counts['finished']} finished, {counts['failed']} failed, "
+          f"{counts['skipped']} skipped ({outcome['already_finished']} were already finished); "
+          f"{outcome['seconds'] / 60:.1f} min")
+    if "report" in outcome:
+        print(f"report: {outcome['report']['summary']}, {outcome['report']['results']}")
+    return 0 if counts["failed"] == 0 and counts["skipped"] == 0 else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from medtransfer.study.report import write_report
+
+    report = write_report(args.study_dir, figures=not args.no_figures)
+    print(f"wrote {report['summary']} and {report['results']} ({report['n_rows']} rows); "
+          f"figures: {', '.join(report['figures']) or 'none'}; {len(report['problems'])} run(s) not finished")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from medtransfer.study.runner import study_status
+
+    status = study_status(args.study_dir)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    counts = status["counts"]
+    print(f"study {status['study']} in {status['study_dir']} ({'running now' if status['active'] else 'not running'}): "
+          + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    for run_id, entry in status["runs"].items():
+        if entry["state"] == "finished" and not args.all:
+            continue
+        detail = ""
+        if entry["state"] == "running":
+            detail = f"epoch {entry.get('epoch') or 0}/{entry.get('max_epochs') or '?'}"
+        elif entry.get("error"):
+            lines = entry["error"].strip().splitlines()
+            detail = "\n    ".join(lines) if args.errors else (lines[-1] if lines else "")
+        elif entry.get("note"):
+            detail = entry["note"]
+        print(f"  {entry['state']:<11} {run_id}  {detail}")
+    return 0
+
+
+def register(commands) -> None:
+    """Add `study run|report|status` to the `medtransfer` command's subparsers."""
+    study = commands.add_parser("study", help="transfer-learning studies: a grid of runs, resumable, with a report")
+    sub = study.add_subparsers(dest="study_command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a study file, then write its report")
+    run.add_argument("study_file")
+    run.add_argument("--study-dir", help="study folder (default: runs/studies/<name>)")
+    run.add_argument("--data-root", help="folder the study's data manifest paths are relative to")
+    run.add_argument("--executor", choices=("local", "ray"), default="local")
+    run.add_argument("--workers", type=int, default=None,
+                     help="runs at once (local default 1; ray default: cluster CPUs)")
+    run.add_argument("--address", help="Ray cluster address (e.g. HOST:6379 or 'auto')")
+    run.add_argument("--allow-changed", action="store_true",
+                     help="adopt a changed study file in an existing study folder: unchanged runs keep their ids "
+                          "and results, new runs are added, the report covers the new grid only")
+    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-report", action="store_true")
+    run.set_defaults(handler=_run)
+
+    report = sub.add_parser("report", help="re-render results.csv, summary.md and figures/ from finished runs")
+    report.add_argument("study_dir")
+    report.add_argument("--no-figures", action="store_true")
+    report.set_defaults(handler=_report)
+
+    status = sub.add_parser("status", help="what is finished, running, failed, skipped or pending")
+    status.add_argument("study_dir")
+    status.add_argument("--all", action="store_true", help="list finished runs too")
+    status.add_argument("--errors", action="store_true", help="full traceback tails of failed runs")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m medtransfer.study.cli_commands ...`) until cli.py wires `register`."""
+    from medtransfer.study.spec import StudyError
+
+    parser = argparse.ArgumentParser(prog="medtransfer")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The study's figures (PNG, matplotlib Agg): Dice vs fraction, validation curves, strategy × fraction heat-map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medtransfer.study.spec import NO_SOURCE
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _arms(keys) -> list[tuple[str, str]]:
+    """(objective, strategy) pairs: no-source arms (scratch first) then each objective's strategies."""
+    arms = sorted({(k[0], k[1]) for k in keys}, key=lambda a: (a[0] != NO_SOURCE, a[0], a[1] != "scratch", a[1]))
+    return arms
+
+
+def _label(arm: tuple[str, str]) -> str:
+    return arm[1] if arm[0] == NO_SOURCE else f"{arm[0]} / {arm[1]}"
+
+
+def _colours(arms):
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
+
+
+def dice_vs_fraction(path: Path, table: list[dict]) -> None:
+    """One panel per pretraining objective; no-source arms (scratch, random_encoder_frozen) in every panel."""
+    plt = _pyplot()
+    arms = _arms([(r["objective"], r["strategy"]) for r in table])
+    colours = _colours(arms)
+    objectives = sorted({a[0] for a in arms if a[0] != NO_SOURCE}) or [NO_SOURCE]
+    fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 4.2), squeeze=False, sharey=True)
+    fractions = sorted({r["fraction"] for r in table})
+    for ax, objective in zip(axes[0], objectives):
+        for arm in arms:
+            if arm[0] not in (objective, NO_SOURCE):
+                continue
+            rows = sorted((r for r in table if (r["objective"], r["strategy"]) == arm and r["mean"] is not None),
+                          key=lambda r: r["fraction"])
+            if not rows:
+                continue
+            x = [r["fraction"] for r in rows]
+            y = [r["mean"] for r in rows]
+            style = "--" if arm[0] == NO_SOURCE else "-"
+            ax.plot(x, y, style, marker="o", color=colours[arm], label=arm[1])
+            low = [r["ci_low"] if r["ci_low"] is not None else r["mean"] for r in rows]
+            high = [r["ci_high"] if r["ci_high"] is not None else r["mean"] for r in rows]
+            ax.fill_between(x, low, high, color=colours[arm], alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks(fractions)
+        ax.set_xticklabels([f"{f:g}" for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("fraction of training cases (log)")
+        ax.set_title(f"pretraining: {objective}" if objective != NO_SOURCE else "no pretraining")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel("test Dice (mean, 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def validation_curves(path: Path, curves: dict) -> None:
+    """One panel per fraction; mean validation Dice per epoch over seeds, a band of ± sd."""
+    plt = _pyplot()
+    arms = _arms(curves)
+    colours = _colours(arms)
+    fractions = sorted({k[2] for k in curves})
+    fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4.2), squeeze=False, sharey=True)
+    for ax, fraction in zip(axes[0], fractions):
+        for arm in arms:
+            series = curves.get((arm[0], arm[1], fraction))
+            if not series:
+                continue
+            length = min(len(s) for s in series)
+            if length == 0:
+                continue
+            data = np.asarray([s[:length] for s in series], dtype=float)
+            epochs = np.arange(1, length + 1)
+            mean = data.mean(axis=0)
+            ax.plot(epochs, mean, "--" if arm[0] == NO_SOURCE else "-", color=colours[arm], label=_label(arm))
+            if len(series) > 1:
+                sd = data.std(axis=0, ddof=1)
+                ax.fill_between(epochs, mean - sd, mean + sd, color=colours[arm], alpha=0.12, linewidth=0)
+        ax.set_title(f"fraction {fraction:g}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation Dice (mean ± sd over seeds)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            if l not in labels:
+                handles.append(h)
+                labels.append(l)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap(path: Path, table: list[dict]) -> None:
+    """Rows: objective / strategy; columns: fraction; cells: mean test Dice."""
+    plt = _pyplot()
+    arms = _arms([(r["objective"], r["strategy"]) for r in table])
+    fractions = sorted({r["fraction"] for r in table})
+    grid = np.full((len(arms), len(fractions)), np.nan)
+    for r in table:
+        if r["mean"] is not None:
+            grid[arms.index((r["objective"], r["strategy"])), fractions.index(r["fraction"])] = r["mean"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(fractions) + 3.5, 0.45 * len(arms) + 1.6))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto",
+                      vmin=np.nanmin(grid) if np.isfinite(grid).any() else 0,
+                      vmax=np.nanmax(grid) if np.isfinite(grid).any() else 1)
+    ax.set_xticks(range(len(fractions)), [f"{f:g}" for f in fractions])
+    ax.set_yticks(range(len(arms)), [_label(a) for a in arms])
+    ax.set_xlabel("fraction of training cases")
+    mid = np.nanmean(grid) if np.isfinite(grid).any() else 0.5
+    for i in range(len(arms)):
+        for j in range(len(fractions)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < mid else "black")
+    fig.colorbar(image, ax=ax, label="mean test Dice")
+    ax.set_title("test Dice: strategy × fraction")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_figures(folder: str | Path, analysis: dict) -> list[str]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if analysis["table"]:
+        dice_vs_fraction(folder / "dice_vs_fraction.png", analysis["table"])
+        heatmap(folder / "dice_heatmap.png", analysis["table"])
+        written += [str(folder / "dice_vs_fraction.png"), str(folder / "dice_heatmap.png")]
+    if analysis["curves"]:
+        validation_curves(folder / "validation_curves.png", analysis["curves"])
+        written.append(str(folder / "validation_curves.png"))
+    return written

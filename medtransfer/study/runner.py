@@ -1,0 +1,328 @@
+"""Execute a study: skip finished runs, (re)start the others, record status, then write the report.
+
+Study folder layout::
+
+    study.json            the study file's content and its hash (a folder belongs to one study file)
+    status.json           every run's state: pending, running, finished, failed (with traceback tail), skipped
+    runs/<run_id>/        one bundle output folder per run (run.json, weights, log.txt)
+    results.csv, summary.md, figures/     the report (medtransfer.study.report)
+
+A run is finished when its run.json says so *and* its weights match the recorded sha256 (model.pt for
+fine-tunes, pretrained.pt for pretraining). Anything else is re-run with the same command; the bundle resumes
+from its checkpoint.pt by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from medtransfer.atomic import save_json, sha256_of
+from medtransfer.study.executors import execute_command, make_executor
+from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, parse_study
+
+logger = logging.getLogger("medtransfer.study")
+
+STUDY_RECORD = "study.json"
+STATUS_FILE = "status.json"
+RUNS = "runs"
+LOG_NAME = "log.txt"
+_EPOCH = re.compile(rb"Epoch\[(\d+)\] Complete")
+
+
+# Folders and records ----------------------------------------------------------------------------------------
+def run_dir(study_dir: Path, run: Run | str) -> Path:
+    return Path(study_dir) / RUNS / (run if isinstance(run, str) else run.run_id)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished_record(run: Run, folder: Path) -> dict | None:
+    """run.json of a finished run whose weights match their recorded sha256; None otherwise."""
+    record = read_json(folder / "run.json")
+    if not record or record.get("status") != "finished":
+        return None
+    if run.kind == "pretrain":
+        expected = ((record.get("pretraining") or {}).get("final") or {}).get("sha256")
+    else:
+        expected = record.get("model_sha256")
+    weights = folder / run.weights_name()
+    if not expected or not weights.is_file() or sha256_of(weights) != expected:
+        return None
+    return record
+
+
+def current_epoch(log_path: Path, tail_bytes: int = 16384) -> int | None:
+    """The last 'Epoch[N] Complete' in a run's log (written by medtransfer.study.launch)."""
+    try:
+        with open(log_path, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            stream.seek(max(0, stream.tell() - tail_bytes))
+            matches = _EPOCH.findall(stream.read())
+    except OSError:
+        return None
+    return int(matches[-1]) if matches else None
+
+
+def open_study_dir(spec: StudySpec, study_dir: str | Path, allow_changed: bool = False) -> Path:
+    """Create or re-open a study folder; refuse one made by a different study file."""
+    study_dir = Path(study_dir)
+    record_path = study_dir / STUDY_RECORD
+    previous = read_json(record_path) if record_path.exists() else None
+    if record_path.exists() and previous is None:
+        raise StudyError(f"{record_path} is unreadable; this folder cannot be checked against the study file")
+    if previous and previous.get("content_hash") != spec.content_hash and not allow_changed:
+        raise StudyError(
+            f"{study_dir} belongs to another study file ({previous.get('name')!r} from {previous.get('study_file')}, "
+            f"content hash {previous.get('content_hash')} ≠ {spec.content_hash}). Choose another --study-dir, or pass "
+            "--allow-changed to adopt the new file here (runs whose configuration is unchanged keep their ids and "
+            "results; the report then covers the new grid only)."
+        )
+    if not previous and study_dir.is_dir() and any(study_dir.iterdir()):
+        raise StudyError(f"{study_dir} exists, is not empty and holds no {STUDY_RECORD}; choose an empty folder")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    history = (previous or {}).get("history", [])
+    if previous and previous.get("content_hash") != spec.content_hash:
+        history = [*history, {"content_hash": previous.get("content_hash"), "replaced_at": now}]
+    save_json(record_path, {
+        "name": spec.name,
+        "study_file": spec.source_file,
+        "content_hash": spec.content_hash,
+        "content": spec.content,
+        "data_roots": {name: info.data_root for name, info in spec.manifests.items()},
+        "created_at": (previous or {}).get("created_at", now),
+        "updated_at": now,
+        "history": history,
+    })
+    return study_dir
+
+
+def load_study_dir(study_dir: str | Path) -> StudySpec:
+    """The study a folder was made by (from study.json), for report and status."""
+    study_dir = Path(study_dir)
+    record = read_json(study_dir / STUDY_RECORD)
+    if not record:
+        raise StudyError(f"{study_dir} is not a study folder (no readable {STUDY_RECORD})")
+    data_roots = record.get("data_roots") or {}
+    base = Path(record["study_file"]).parent if record.get("study_file") else study_dir
+    target = record["content"].get("data_manifest")
+    root = data_roots.get(target) if target else None
+    try:
+        return parse_study(record["content"], base=base, data_root=root, source_file=record.get("study_file"))
+    except StudyError:
+        if root is not None:  # data moved or not mounted here: the report does not need it
+            os.environ.setdefault("MEDTRANSFER_DATA", root)
+        os.environ.setdefault("MEDTRANSFER_DATA", str(study_dir))
+        return parse_study(record["content"], base=base, data_root=None, source_file=record.get("study_file"))
+
+
+# Status ---------------------------------------------------------------------------------------------------
+def _run_entry(run: Run) -> dict:
+    return {"kind": run.kind, "objective": run.objective, "strategy": run.strategy, "fraction": run.fraction,
+            "seed": run.seed, "depends_on": run.depends_on, "state": "pending"}
+
+
+def _counts(entries: dict) -> dict:
+    counts = {state: 0 for state in ("finished", "running", "failed", "skipped", "pending")}
+    for entry in entries.values():
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    return counts
+
+
+def _pid_alive(pid: int | None, host: str | None) -> bool:
+    if not pid or host != socket.gethostname():
+        return host is not None and host != socket.gethostname()  # another machine: cannot tell, assume alive
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def study_status(study_dir: str | Path) -> dict:
+    """status.json, checked against the folders: finished runs re-verified, the epoch of running runs, and
+    'running' runs of a driver that is gone reported as 'interrupted'."""
+    study_dir = Path(study_dir)
+    spec = load_study_dir(study_dir)
+    status = read_json(study_dir / STATUS_FILE) or {"runs": {}}
+    driver = status.get("driver") or {}
+    alive = status.get("active", False) and _pid_alive(driver.get("pid"), driver.get("host"))
+    entries = {}
+    for run in spec.expand():
+        entry = {**_run_entry(run), **(status["runs"].get(run.run_id) or {})}
+        folder = run_dir(study_dir, run)
+        if finished_record(run, folder) is not None:
+            entry["state"] = "finished"
+        elif entry["state"] == "finished":  # weights changed or removed since
+            entry["state"] = "pending"
+            entry["note"] = "run.json or weights no longer verify; will be re-run"
+        elif entry["state"] == "running":
+            if alive:
+                entry["epoch"] = current_epoch(folder / LOG_NAME)
+                entry["max_epochs"] = run.max_epochs
+            else:
+                entry["state"] = "interrupted"
+        entries[run.run_id] = entry
+    return {"study": spec.name, "study_dir": str(study_dir), "active": alive, "counts": _counts(entries),
+            "runs": entries}
+
+
+# Running --------------------------------------------------------------------------------------------------
+class StudyRunner:
+    """Runs the not-yet-finished runs of a study on an executor, in dependency order, with a progress bar."""
+
+    def __init__(self, spec: StudySpec, study_dir: str | Path, executor=None, progress: bool = True,
+                 command_factory: Callable[..., list[str]] = bundle_command, poll_seconds: float = 1.0) -> None:
+        self.spec = spec
+        self.study_dir = Path(study_dir)
+        self.executor = executor or make_executor("local", 1)
+        self.progress = progress
+        self.command_factory = command_factory
+        self.poll_seconds = poll_seconds
+        self.runs = spec.expand()
+        self.by_id = {run.run_id: run for run in self.runs}
+        self.entries: dict[str, dict] = {}
+        self.started = time.time()
+
+    def _save_status(self, active: bool = True) -> None:
+        save_json(self.study_dir / STATUS_FILE, {
+            "study": self.spec.name,
+            "content_hash": self.spec.content_hash,
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "active": active,
+            "driver": {"pid": os.getpid(), "host": socket.gethostname(), "executor": self.executor.name,
+                       "capacity": self.executor.capacity,
+                       "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started))},
+            "counts": _counts(self.entries),
+            "runs": self.entries,
+        })
+
+    def _command(self, run: Run) -> tuple[list[str], bool]:
+        folder = run_dir(self.study_dir, run)
+        record = read_json(folder / "run.json")
+        overwrite = bool(record and record.get("status") == "finished")  # finished, but weights do not verify
+        source = run_dir(self.study_dir, run.depends_on) / "pretrained.pt" if run.depends_on else None
+        return self.command_factory(run, self.spec.bundle_root, folder, source_checkpoint=source,
+                                    overwrite=overwrite), overwrite
+
+    def run(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        previous = (read_json(self.study_dir / STATUS_FILE) or {}).get("runs", {})
+        pending: list[Run] = []
+        for run in self.runs:
+            entry = {**_run_entry(run), **{k: v for k, v in (previous.get(run.run_id) or {}).items()
+                                             if k in ("seconds", "started_at", "finished_at", "attempts")}}
+            if finished_record(run, run_dir(self.study_dir, run)) is not None:
+                entry["state"] = "finished"
+            else:
+                pending.append(run)
+            self.entries[run.run_id] = entry
+        skipped_at_start = len(self.runs) - len(pending)
+        self._save_status()
+        bar = tqdm(total=len(self.runs), initial=skipped_at_start, desc=f"study {self.spec.name}", unit="run",
+                   disable=not self.progress, dynamic_ncols=True)
+        in_flight: dict[Any, Run] = {}
+        order: list[str] = []  # running ids in start order, for the progress postfix
+        env = self.executor.child_env()
+        try:
+            while pending or in_flight:
+                for run in list(pending):
+                    dep_state = self.entries[run.depends_on]["state"] if run.depends_on else "finished"
+                    if dep_state in ("failed", "skipped"):
+                        pending.remove(run)
+                        self.entries[run.run_id].update(
+                            state="skipped", error=f"pretraining run {run.depends_on} {dep_state}")
+                        bar.update(1)
+                    elif dep_state == "finished" and len(in_flight) < self.executor.capacity:
+                        pending.remove(run)
+                        command, overwrite = self._command(run)
+                        log = run_dir(self.study_dir, run) / LOG_NAME
+                        handle = self.executor.submit(execute_command, command, str(log), env, None)
+                        in_flight[handle] = run
+                        order.append(run.run_id)
+                        entry = self.entries[run.run_id]
+                        entry.update(state="running", started_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                     attempts=int(entry.get("attempts", 0)) + 1, log=str(log), overwrite=overwrite)
+                        entry.pop("error", None)
+                        entry.pop("returncode", None)
+                self._save_status()
+                if not in_flight:
+                    if pending:  # cannot happen with a valid expansion; never spin
+                        raise RuntimeError(f"runs waiting on unknown runs: {[r.run_id for r in pending]}")
+                    break
+                done = self.executor.wait(list(in_flight), timeout=self.poll_seconds)
+                for handle in done:
+                    run = in_flight.pop(handle)
+                    order.remove(run.run_id)
+                    self._finish(run, handle)
+                    bar.update(1)
+                if order:
+                    current = self.by_id[order[-1]]
+                    epoch = current_epoch(run_dir(self.study_dir, current) / LOG_NAME)
+                    total = current.max_epochs or "?"
+                    more = f" (+{len(order) - 1} running)" if len(order) > 1 else ""
+                    bar.set_postfix_str(f"{current.run_id} epoch {epoch or 0}/{total}{more}", refresh=True)
+        finally:
+            bar.close()
+            for handle, run in in_flight.items():  # interrupted: those runs resume next time
+                self.entries[run.run_id]["state"] = "pending"
+            self._save_status(active=False)
+        seconds = time.time() - self.started
+        counts = _counts(self.entries)
+        return {"study_dir": str(self.study_dir), "counts": counts, "seconds": seconds,
+                "already_finished": skipped_at_start}
+
+    def _finish(self, run: Run, handle) -> None:
+        entry = self.entries[run.run_id]
+        try:
+            result = self.executor.result(handle)
+        except Exception as error:  # the engine lost the task (node died, ...)
+            result = {"returncode": None, "seconds": None, "error": f"{type(error).__name__}: {error}"}
+        entry.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=result.get("seconds"),
+                     returncode=result.get("returncode"))
+        if result.get("returncode") == 0 and finished_record(run, run_dir(self.study_dir, run)) is not None:
+            entry["state"] = "finished"
+        else:
+            entry["state"] = "failed"
+            entry["error"] = result.get("error") or (
+                "the run exited with status 0 but its run.json is not finished or its weights do not verify")
+            logger.warning("run %s failed:\n%s", run.run_id, entry["error"])
+
+
+def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_root: str | None = None,
+              executor: str = "local", workers: int | None = None, address: str | None = None,
+              allow_changed: bool = False, progress: bool = True, report: bool = True,
+              command_factory: Callable[..., list[str]] = bundle_command) -> dict[str, Any]:
+    """Validate, run what is not finished, write the report. Returns counts, seconds and the study folder."""
+    from medtransfer.study.spec import load_study
+
+    spec = load_study(study_file, data_root=data_root)  # every input error surfaces here, before any training
+    study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
+    open_study_dir(spec, study_dir, allow_changed=allow_changed)
+    engine = make_executor(executor, workers, address)
+    try:
+        outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()
+    finally:
+        engine.close()
+    if report:
+        from medtransfer.study.report import write_report
+
+        started = time.perf_counter()
+        outcome["report"] = write_report(study_dir, spec)
+        outcome["report_seconds"] = time.perf_counter() - started
+    return outcome

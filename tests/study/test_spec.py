@@ -1,0 +1,86 @@
+"""Study files: validation before any training, expansion, stable ids that change with the configuration."""
+
+import pytest
+
+from medtransfer.study.spec import StudyError, bundle_command, load_study, parse_study
+from tests.conftest import REPO_ROOT
+from tests.study.conftest import tiny_study
+
+STUDIES = REPO_ROOT / "studies"
+
+
+def test_demo_expands_to_shared_pretraining_and_source_free_scratch(medtransfer_home):
+    spec = load_study(STUDIES / "demo.yaml")
+    runs = spec.expand()
+    pre = [r for r in runs if r.kind == "pretrain"]
+    fine = [r for r in runs if r.kind == "finetune"]
+    assert len(pre) == 2 and len(fine) == 4 + 2 * 3 * 2 * 2
+    assert len({r.run_id for r in runs}) == len(runs)
+    scratch = [r for r in fine if r.strategy == "scratch"]
+    assert len(scratch) == 4 and all(r.objective == "none" and r.depends_on is None for r in scratch)
+    pre_ids = {r.run_id for r in pre}
+    assert {r.depends_on for r in fine if r.strategy != "scratch"} == pre_ids  # each pretrained once, shared
+    assert [r.run_id for r in load_study(STUDIES / "demo.yaml").expand()] == [r.run_id for r in runs]  # stable
+    assert pre[0].run_id.startswith("pre-conrec-synthetic_2d-")
+    assert any(r.run_id.startswith("ft-supervised-encoder_frozen-f0.5-s1-") for r in fine)
+
+
+def test_real_studies_expand_to_the_full_grid(test_data):
+    hippo = load_study(STUDIES / "hippocampus_lowdata.yaml", data_root=str(test_data / "msd_hippocampus"))
+    runs = hippo.expand()
+    assert len(runs) == 4 + 4 * 4 * 4 * 3 + 2 * 4 * 3
+    assert {r.strategy for r in runs if r.kind == "finetune"} == {
+        "scratch", "encoder", "decoder", "full", "encoder_frozen", "random_encoder_frozen"}
+    hc18 = load_study(STUDIES / "hc18_lowdata.yaml", data_root=str(test_data / "hc18_fetal_head"))
+    assert hc18.bundle_root.name == "binary_seg_2d" and len(hc18.expand()) == 220
+
+
+def test_changed_settings_change_ids_and_fine_tunes_follow_their_pretraining(medtransfer_home):
+    base = {r.run_id for r in parse_study(tiny_study()).expand()}
+    changed_pre = tiny_study()
+    changed_pre["pretraining"][0]["settings"]["max_epochs"] = 3
+    ids = {r.run_id for r in parse_study(changed_pre).expand()}
+    scratch = {i for i in base if i.startswith("ft-none-scratch")}
+    assert scratch <= ids  # scratch does not depend on the pretraining
+    assert {i for i in base if i.startswith("ft-reconstruction")}.isdisjoint(ids)  # fine-tunes hash the source
+    shared = tiny_study(settings={**tiny_study()["settings"], "learning_rate": 0.001})
+    assert base.isdisjoint({r.run_id for r in parse_study(shared).expand()})
+
+
+def test_bundle_command_passes_settings_and_source(medtransfer_home, tmp_path):
+    spec = parse_study(tiny_study())
+    run = next(r for r in spec.expand() if r.strategy == "encoder")
+    command = bundle_command(run, spec.bundle_root, tmp_path / "out", source_checkpoint=tmp_path / "p.pt")
+    text = " ".join(command)
+    assert "transfer/encoder.yaml" in text and "--fraction 0.1" in text and "--filters [8, 16, 32]" in text
+    assert command[command.index("--source_checkpoint") + 1] == str(tmp_path / "p.pt")
+    assert command[command.index("--output_dir") + 1] == str(tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"finetune": {"strategies": ["scratch", "fancy"], "fractions": [0.1], "seeds": [0]}}, "unknown strategy 'fancy'"),
+        ({"pretraining": [{"objective": "jigsaw"}]}, "unknown objective 'jigsaw'"),
+        ({"bundle": "no_such_bundle"}, "unknown bundle 'no_such_bundle'"),
+        ({"finetune": {"strategies": ["scratch"], "fractions": [0.3], "seeds": [0]}}, "fraction 0.3 is not in manifest"),
+        ({"finetune": {"strategies": ["scratch"], "fractions": [0.1], "seeds": []}}, "zero fine-tuning runs"),
+        ({"finetune": {"strategies": [], "fractions": [0.1], "seeds": [0]}}, "zero fine-tuning runs"),
+        ({"settings": {"filterz": [8]}}, "unknown bundle setting 'filterz'"),
+        ({"settings": {"seed": 3}}, "set by the study itself"),
+        ({"pretraining": [], "finetune": {"strategies": ["encoder"], "fractions": [0.1], "seeds": [0]}},
+         "no pretraining stage"),
+        ({"data_manifest": "msd_hippocampus"}, "3D but the bundle trains a 2D"),
+        ({"grid": {}}, "unknown study key"),
+    ],
+)
+def test_bad_study_files_fail_before_training(changes, message, medtransfer_home, monkeypatch):
+    monkeypatch.delenv("MEDTRANSFER_DATA", raising=False)
+    with pytest.raises(StudyError, match=message):
+        parse_study(tiny_study(**changes))
+
+
+def test_real_manifest_without_data_root_is_an_error(monkeypatch, medtransfer_home):
+    monkeypatch.delenv("MEDTRANSFER_DATA", raising=False)
+    with pytest.raises(StudyError, match="--data-root"):
+        load_study(STUDIES / "hc18_lowdata.yaml")

@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_bundle_verify)
 
     from medtransfer.analysis.cli_commands import register as register_analyze
+    from medtransfer.inference.cli_commands import register as register_inference
     from medtransfer.study.cli_commands import register as register_study
 
+    register_inference(commands)
     register_study(commands)
     register_analyze(commands)
     return parser

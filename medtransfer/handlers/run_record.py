@@ -54,8 +54,12 @@ class RunRecord:
     def _start_epoch(self, _trainer: Engine) -> None:
         self._epoch_started = time.perf_counter()
 
-    def _end_epoch(self, _trainer: Engine) -> None:
-        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+    def _end_epoch(self, trainer: Engine) -> None:
+        seconds = time.perf_counter() - self._epoch_started
+        self.epoch_seconds.append(seconds)
+        if is_main_process():  # one line per epoch: progress for people and for `medtransfer study`
+            print(f"medtransfer: epoch {trainer.state.epoch}/{trainer.state.max_epochs} done ({seconds:.1f} s)",
+                  flush=True)
 
     def finish(self, trainer: Engine) -> None:
         if not is_main_process():  # rank 0 evaluates and writes; the replicas are identical

@@ -513,6 +513,8 @@ def load_run(
         raise BundleError(
             f"{run}: the run is not finished (status {record.get('status')!r}); its model.pt is provisional"
         )
+    if (record.get("config") or {}).get("task", "segmentation") != "segmentation":
+        raise BundleError(f"{run}: a {record['config']['task']} run, not a segmentation model")
     weights = run / "model.pt"
     if not weights.is_file():
         raise BundleError(f"{run}: model.pt is missing")

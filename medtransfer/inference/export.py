@@ -98,7 +98,25 @@ def _read_run(run: Path) -> dict:
     for key in ("spatial_dims", "patch_size"):
         if key not in (record.get("config") or {}):
             raise ExportError(f"{run}/run.json: config lacks {key!r}")
+    task = record["config"].get("task", "segmentation")
+    if task != "segmentation":
+        raise ExportError(
+            f"{run}: a {task} run; its weights are a starting point for transfer, not a segmentation model. "
+            f"Export the run that fine-tuned them (train.yaml with --source_checkpoint)"
+        )
     return record
+
+
+def _pretraining_source(checkpoint: str | None) -> dict | None:
+    """The data a medtransfer pretraining checkpoint was made from, from its run's run.json if still there."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    for folder in (path.parent, path.parent.parent):  # <run>/pretrained.pt or <run>/checkpoints/epoch_N.pt
+        record = read_run_record(folder) if folder.is_dir() else None
+        if record and record.get("pretraining"):
+            return record["pretraining"].get("source")
+    return None
 
 
 def _pretraining(run: Path, record: dict) -> dict:
@@ -122,6 +140,7 @@ def _pretraining(run: Path, record: dict) -> dict:
         "source_checkpoint_format": transfer.get("checkpoint_format"),
         "pretraining_objective": checkpoint_meta.get("objective") or (None if source else "none (from scratch)"),
         "pretraining_epoch": checkpoint_meta.get("epoch"),
+        "pretraining_source_data": _pretraining_source(source),
     }
 
 
@@ -330,7 +349,9 @@ def model_card(meta: dict) -> str:
     pretrained = (
         f"Initialised from the pretrained checkpoint `{source}` (sha256 `{prov.get('source_checkpoint_sha256')}`, "
         f"format {prov.get('source_checkpoint_format')}, pretraining objective: {prov.get('pretraining_objective')}, "
-        f"epoch {prov.get('pretraining_epoch')}); parts loaded: {', '.join(prov.get('loaded_parts') or []) or 'none'}; "
+        f"epoch {prov.get('pretraining_epoch')}, pretraining data: "
+        f"{prov.get('pretraining_source_data') or 'not recorded'}); "
+        f"parts loaded: {', '.join(prov.get('loaded_parts') or []) or 'none'}; "
         f"frozen: {', '.join(prov.get('frozen_parts') or []) or 'none'}."
         if source else "Trained from scratch (no pretrained weights)."
     )

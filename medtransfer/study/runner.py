@@ -33,7 +33,7 @@ STUDY_RECORD = "study.json"
 STATUS_FILE = "status.json"
 RUNS = "runs"
 LOG_NAME = "log.txt"
-_EPOCH = re.compile(rb"Epoch\[(\d+)\] Complete")
+_EPOCH = re.compile(rb"medtransfer: epoch (\d+)/\d+ done")
 
 
 # Folders and records ----------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def finished_record(run: Run, folder: Path) -> dict | None:
 
 
 def current_epoch(log_path: Path, tail_bytes: int = 16384) -> int | None:
-    """The last 'Epoch[N] Complete' in a run's log (written by medtransfer.study.launch)."""
+    """The last epoch a run's log reports (RunRecord prints 'medtransfer: epoch N/M done' once per epoch)."""
     try:
         with open(log_path, "rb") as stream:
             stream.seek(0, os.SEEK_END)

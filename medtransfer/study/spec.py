@@ -351,10 +351,9 @@ def load_study(path: str | Path, data_root: str | None = None) -> StudySpec:
 
 
 def bundle_command(run: Run, bundle_root: Path, output_dir: Path, source_checkpoint: Path | None = None,
-                   overwrite: bool = False, launcher: bool = True) -> list[str]:
-    """The `python -m monai.bundle run ...` command of one run (via the study launcher, which only adds
-    per-epoch log lines so that the study can show the current epoch)."""
-    module = "medtransfer.study.launch" if launcher else "monai.bundle"
+                   overwrite: bool = False) -> list[str]:
+    """The `python -m monai.bundle run ...` command of one run (each run is its own process)."""
+    module = "monai.bundle"
     files = "[" + ",".join(repr(f) for f in run.config_files) + "]"
     command = [sys.executable, "-m", module, "run", "--config_file", files, "--bundle_root", str(bundle_root),
                "--output_dir", str(output_dir)]

@@ -35,17 +35,20 @@ TINY_PATCH = [32, 32, 32]
 COARSE_SPACING = [3.0, 3.0, 3.0]  # keeps 512x512 CT series small for the network in tests
 
 
-def make_run(folder: Path, test_data: Path, strategy: str = "encoder", status: str = "finished") -> Path:
+def make_run(
+    folder: Path, test_data: Path, strategy: str = "encoder", status: str = "finished",
+    source_checkpoint: str = "/somewhere/pretrain/contrastive_epoch10.pt", task: str = "segmentation",
+) -> Path:
     """A finished 3D run on msd_hippocampus, shaped like train.yaml + RunRecord leave it."""
     folder.mkdir(parents=True, exist_ok=True)
     network = build_dynunet(3, filters=TINY_FILTERS, init_seed=0)
     save_torch(folder / "model.pt", {k: v.detach().clone() for k, v in network.state_dict().items()})
     run_params = {
-        "bundle": "binary_seg_3d", "task": "segmentation", "data_manifest": "msd_hippocampus",
+        "bundle": "binary_seg_3d", "task": task, "data_manifest": "msd_hippocampus",
         "data_root": str(test_data / "msd_hippocampus"), "fraction": 0.1, "seed": 3, "max_epochs": 2,
         "iterations_per_epoch": 2, "batch_size": 1, "num_samples": 1, "learning_rate": 0.003,
         "patch_size": TINY_PATCH, "filters": TINY_FILTERS, "spatial_dims": 3, "strategy": strategy,
-        "source_checkpoint": "/somewhere/pretrain/contrastive_epoch10.pt" if strategy != "scratch" else None,
+        "source_checkpoint": source_checkpoint if strategy != "scratch" else None,
         "unfreeze_epoch": None, "transferred_lr_scale": 1.0,
     }
     run = RunDirectory(folder, run_params).prepare()

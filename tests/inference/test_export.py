@@ -18,16 +18,29 @@ from medtransfer.atomic import sha256_of
 from medtransfer.inference.bundle_verify import verify_bundle
 from medtransfer.inference.cli_commands import register
 from medtransfer.inference.export import ExportError, export_bundle
+from medtransfer.training.run_directory import RunDirectory
 from tests.conftest import REPO_ROOT
 from tests.inference.test_bundle_loading import COARSE_SPACING, TINY_FILTERS, TINY_PATCH, coarse_manifest, make_run
 
 MR = "dicom_mr_brain_tumor_progression"
 
 
+def _pretraining_run(folder):
+    """The run a pretrained checkpoint came from: its run.json says on which data."""
+    run = RunDirectory(folder, {"task": "pretraining", "objective": "contrastive_reconstruction"}).prepare()
+    run.write_record({"status": "finished", "pretraining": {
+        "objective": "contrastive_reconstruction",
+        "source": {"manifest": "msd_hippocampus", "fraction": 1.0, "n_images": 182, "labels_used": False}}})
+    checkpoint = folder / "checkpoints" / "epoch_0010.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    return checkpoint
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, test_data):
     folder = tmp_path_factory.mktemp("export")
-    run = make_run(folder / "run", test_data)
+    run = make_run(folder / "run", test_data, source_checkpoint=str(_pretraining_run(folder / "pretrain")))
     bundle = export_bundle(run, folder / "hippo_bundle", zip=True, torchscript=True, manifest=coarse_manifest(folder))
     return run, bundle
 
@@ -63,7 +76,8 @@ def test_export_writes_a_self_contained_verified_bundle(exported):
     assert meta["training_data"]["license"] == "CC BY-SA 4.0" and meta["training_data"]["citation"]
     provenance = meta["provenance"]
     assert provenance["strategy"] == "encoder" and provenance["pretraining_objective"] == "contrastive"
-    assert provenance["source_checkpoint"] == "contrastive_epoch10.pt"  # the file's name, not this machine's path
+    assert provenance["source_checkpoint"] == "epoch_0010.pt"  # the file's name, not this machine's path
+    assert provenance["pretraining_source_data"]["manifest"] == "msd_hippocampus"
     assert (provenance["data_fraction"], provenance["seed"]) == (0.1, 3)
     assert meta["eval_metrics"]["mean_dice"] == 0.71 and meta["eval_metrics"]["mean_hd95"] == 3.5
     torchscript = meta["exports"]["torchscript"]
@@ -97,6 +111,9 @@ def test_export_refuses_unfinished_runs_and_existing_output(exported, test_data,
     unfinished = make_run(tmp_path / "unfinished", test_data, status="running")
     with pytest.raises(ExportError, match="not finished"):
         export_bundle(unfinished, tmp_path / "b")
+    pretraining = make_run(tmp_path / "pretraining", test_data, task="pretraining")
+    with pytest.raises(ExportError, match="a pretraining run; its weights are a starting point for transfer"):
+        export_bundle(pretraining, tmp_path / "b")
     with pytest.raises(ExportError, match="exists; choose another --output or pass --overwrite"):
         export_bundle(run, bundle)
     (tmp_path / "notes").mkdir()

@@ -20,7 +20,7 @@ def test_tiny_real_study_end_to_end(tmp_path, medtransfer_home):
     assert encoder["transfer"]["loaded_parts"] == ["encoder"]
     assert encoder["transfer"]["source_checkpoint"] == str(study_dir / "runs" / pre / "pretrained.pt")
     log = (runs[pre] / "log.txt").read_text()
-    assert "Epoch[2] Complete" in log  # what the progress bar reads
+    assert "medtransfer: epoch 2/2 done" in log  # what the progress bar reads
     rows = list(csv.DictReader(open(study_dir / "results.csv")))
     assert len(rows) == 12 and {r["strategy"] for r in rows} == {"encoder"}
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)

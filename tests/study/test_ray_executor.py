@@ -3,11 +3,10 @@
 import json
 
 import pytest
+import ray  # the optional extra medtransfer[ray]; the test extra installs it, so CI runs this test
 
 from medtransfer.study.runner import run_study
 from tests.study.conftest import fake_command
-
-ray = pytest.importorskip("ray", reason="the Ray executor needs the optional extra medtransfer[ray]")
 
 
 @pytest.fixture()

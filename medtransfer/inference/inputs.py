@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".mha", ".nrrd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """By suffix, or by the Part-10 preamble ("DICM" at byte 128) for files exported without one."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def _is_dicom_folder(folder: Path) -> bool:
-    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file())
+    return any(is_dicom_file(p) for p in folder.iterdir() if p.is_file())
 
 
 def list_inputs(input_dir: str | Path) -> list[dict]:

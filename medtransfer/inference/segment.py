@@ -35,11 +35,11 @@ from medtransfer.data.dicom import DicomInputError, SeriesInfo, find_series, sel
 from medtransfer.data.readers import DicomSeriesReader
 from medtransfer.inference.bundle_loading import SegmentationModel, load_model
 from medtransfer.inference.dicom_seg import write_dicom_seg
+from medtransfer.inference.inputs import IMAGE_SUFFIXES
+from medtransfer.inference.inputs import is_dicom_file as _is_dicom
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
     "scan", "input", "output_nifti", "output_dicom_seg", "volume_ml", "n_voxels", "seconds", "status", "error",
@@ -114,16 +114,6 @@ def _collect_warnings():
 
 def _is_image(path: Path) -> bool:
     return path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as stream:
-            return stream.read(132)[128:132] == b"DICM"  # Part-10 preamble
-    except OSError:
-        return False
 
 
 def _stem(path: Path) -> str:

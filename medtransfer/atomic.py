@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,11 +52,11 @@ def json_safe(value: Any) -> Any:
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     data = json.dumps(json_safe(obj), indent=2, allow_nan=False).encode() + b"\n"  # fails before touching the file
-    _atomic_write(Path(path), lambda stream: stream.write(data))
+    atomic_write(Path(path), lambda stream: stream.write(data))
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
-    _atomic_write(Path(path), lambda stream: torch.save(obj, stream))
+    atomic_write(Path(path), lambda stream: torch.save(obj, stream))
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -501,25 +501,17 @@ def load_run(
     run_dir: str | Path, device: str | torch.device = "cpu", manifest: str | Path | None = None
 ) -> SegmentationModel:
     """A SegmentationModel from a finished training run folder (``run.json`` + ``model.pt``)."""
-    from medtransfer.training.run_directory import read_run_record
+    from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run
 
     run = Path(run_dir)
     if run.is_file() and run.name.endswith(".pt"):
         run = run.parent
-    record = read_run_record(run)
-    if record is None:
+    if not (run / "run.json").is_file():
         raise BundleError(f"{run}: neither a MONAI bundle (configs/metadata.json) nor a run folder (run.json)")
-    if record.get("status") != "finished":
-        raise BundleError(
-            f"{run}: the run is not finished (status {record.get('status')!r}); its model.pt is provisional"
-        )
-    if (record.get("config") or {}).get("task", "segmentation") != "segmentation":
-        raise BundleError(f"{run}: a {record['config']['task']} run, not a segmentation model")
-    weights = run / "model.pt"
-    if not weights.is_file():
-        raise BundleError(f"{run}: model.pt is missing")
-    if record.get("model_sha256") and sha256_of(weights) != record["model_sha256"]:
-        raise BundleError(f"{weights}: sha256 differs from the one run.json recorded; the file was changed")
+    try:
+        record, weights = finished_segmentation_run(run)
+    except RunDirectoryError as error:
+        raise BundleError(str(error)) from None
     config = record.get("config") or {}
     device = torch.device(device)
     target_spacing, content = run_target_spacing(config, manifest)

@@ -21,7 +21,7 @@ from pydicom.sr.coding import Code
 
 from medtransfer import __version__
 from medtransfer.data.dicom import DicomInputError, SeriesInfo
-from medtransfer.atomic import _atomic_write
+from medtransfer.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def write_dicom_seg(
         specific_character_set=sources[0].get("SpecificCharacterSet") or None,
     )
     output_path = Path(output_path)
-    _atomic_write(output_path, lambda stream: seg.save_as(stream, enforce_file_format=True))
+    atomic_write(output_path, lambda stream: seg.save_as(stream, enforce_file_format=True))
     return output_path
 
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 import medtransfer
-from medtransfer.atomic import _atomic_write, save_json, sha256_of
+from medtransfer.atomic import atomic_write, save_json, sha256_of
 from medtransfer.inference.bundle_loading import (
     CHECKSUM_KEY,
     WEIGHTS_PATH,
@@ -36,7 +36,7 @@ from medtransfer.inference.bundle_loading import (
     safe_spec,
 )
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
-from medtransfer.training.run_directory import read_run_record
+from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run, read_run_record
 from medtransfer.training.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
@@ -82,28 +82,16 @@ def _short_label(meaning: str | None) -> str:
 
 
 def _read_run(run: Path) -> dict:
-    record = read_run_record(run)
-    if record is None:
-        raise ExportError(f"{run}: no run.json; give the output folder of a finished training run")
-    if record.get("status") != "finished":
-        raise ExportError(
-            f"{run}: the run is not finished (status {record.get('status')!r}); resume it with the same command "
-            f"until run.json says finished"
-        )
-    weights = run / "model.pt"
-    if not weights.is_file():
-        raise ExportError(f"{run}: model.pt is missing")
-    if record.get("model_sha256") and sha256_of(weights) != record["model_sha256"]:
-        raise ExportError(f"{weights}: sha256 differs from the one run.json recorded; the file was changed")
+    try:
+        record, _weights = finished_segmentation_run(run)
+    except RunDirectoryError as error:
+        message = str(error)
+        if "starting point for transfer" in message:
+            message += ". Export the run that fine-tuned them (train.yaml with --source_checkpoint)"
+        raise ExportError(message) from None
     for key in ("spatial_dims", "patch_size"):
         if key not in (record.get("config") or {}):
             raise ExportError(f"{run}/run.json: config lacks {key!r}")
-    task = record["config"].get("task", "segmentation")
-    if task != "segmentation":
-        raise ExportError(
-            f"{run}: a {task} run; its weights are a starting point for transfer, not a segmentation model. "
-            f"Export the run that fine-tuned them (train.yaml with --source_checkpoint)"
-        )
     return record
 
 
@@ -481,7 +469,7 @@ def _torchscript(network: torch.nn.Module, roi_size: list[int], path: Path) -> N
     except Exception as error:  # scripting fails on some modules; tracing covers fixed-topology U-Nets
         logger.warning("torch.jit.script failed (%s); tracing instead", error)
         scripted = torch.jit.trace(network, torch.rand(1, 1, *roi_size))
-    _atomic_write(path, lambda stream: torch.jit.save(scripted, stream))
+    atomic_write(path, lambda stream: torch.jit.save(scripted, stream))
 
 
 def require_onnx() -> None:

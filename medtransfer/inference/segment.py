@@ -30,7 +30,7 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd, LoadImaged
 from tqdm import tqdm
 
-from medtransfer.atomic import _atomic_write
+from medtransfer.atomic import atomic_write
 from medtransfer.data.dicom import DicomInputError, SeriesInfo, find_series, select_series
 from medtransfer.data.readers import DicomSeriesReader
 from medtransfer.inference.bundle_loading import SegmentationModel, load_model
@@ -369,7 +369,7 @@ def write_summary(results: Sequence[ScanResult], path: str | os.PathLike) -> Pat
         row["warnings"] = " | ".join(result.warnings)
         writer.writerow({k: "" if row[k] is None else row[k] for k in SUMMARY_COLUMNS})
     data = stream.getvalue().encode()
-    _atomic_write(Path(path), lambda handle: handle.write(data))
+    atomic_write(Path(path), lambda handle: handle.write(data))
     return Path(path)
 
 

@@ -124,7 +124,7 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    from medtransfer.atomic import _atomic_write
+    from medtransfer.atomic import atomic_write
     import io
 
     buffer = io.StringIO()
@@ -133,7 +133,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     data = buffer.getvalue().encode()
-    _atomic_write(path, lambda stream: stream.write(data))
+    atomic_write(path, lambda stream: stream.write(data))
 
 
 def arm_label(objective: str, strategy: str) -> str:
@@ -258,8 +258,8 @@ def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: 
     n_runs = len(spec.expand())
     wall = sum(float(item["record"].get("wall_time_seconds") or 0.0) for item in records.values())
     text = summary_markdown(spec, analysis, problems, n_runs, written, wall)
-    from medtransfer.atomic import _atomic_write
+    from medtransfer.atomic import atomic_write
 
-    _atomic_write(study_dir / "summary.md", lambda stream: stream.write(text.encode()))
+    atomic_write(study_dir / "summary.md", lambda stream: stream.write(text.encode()))
     return {"results": str(study_dir / "results.csv"), "summary": str(study_dir / "summary.md"),
             "figures": written, "n_rows": len(rows), "problems": problems}

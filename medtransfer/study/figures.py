@@ -67,7 +67,7 @@ def dice_vs_fraction(path: Path, table: list[dict]) -> None:
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("test Dice (mean, 95% CI)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -103,9 +103,11 @@ def validation_curves(path: Path, curves: dict) -> None:
             if l not in labels:
                 handles.append(h)
                 labels.append(l)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 3) // 4), 1, 1))
-    fig.savefig(path, dpi=120)
+    columns = 2 if len(axes[0]) == 1 else min(4, len(labels))  # a single panel is narrow: fewer columns
+    rows = (len(labels) + columns - 1) // columns
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # never clip the legend
     plt.close(fig)
 
 
@@ -134,7 +136,7 @@ def heatmap(path: Path, table: list[dict]) -> None:
     fig.colorbar(image, ax=ax, label="mean test Dice")
     ax.set_title("test Dice: strategy × fraction")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -26,13 +26,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--keep", help="study folder to keep (default: a temporary folder)")
+    parser.add_argument("--no-preload", action="store_true", help="start each run as a fresh interpreter")
+    parser.add_argument("--study", default=str(REPO / "studies" / "demo.yaml"))
     args = parser.parse_args()
     from medtransfer.study.runner import run_study
 
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="study_demo_")) / "demo"
     os.environ.setdefault("MEDTRANSFER_HOME", str(folder.parent / "home"))
     started = time.perf_counter()
-    outcome = run_study(REPO / "studies" / "demo.yaml", study_dir=folder, workers=args.workers)
+    outcome = run_study(args.study, study_dir=folder, workers=args.workers, preload=not args.no_preload)
     total = time.perf_counter() - started
     run_seconds = 0.0
     for record_path in (folder / "runs").glob("*/run.json"):
@@ -41,6 +43,7 @@ def main() -> None:
     print(json.dumps({
         "study_dir": str(folder),
         "workers": args.workers,
+        "preload": not args.no_preload,
         "runs": outcome["counts"],
         "total_wall_seconds": round(total, 1),
         "sum_run_wall_time_seconds": round(run_seconds, 1),

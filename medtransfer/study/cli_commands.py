@@ -12,7 +12,8 @@ def _run(args: argparse.Namespace) -> int:
 
     outcome = run_study(args.study_file, study_dir=args.study_dir, data_root=args.data_root,
                         executor=args.executor, workers=args.workers, address=args.address,
-                        allow_changed=args.allow_changed, progress=not args.no_progress, report=not args.no_report)
+                        allow_changed=args.allow_changed, progress=not args.no_progress, report=not args.no_report,
+                        preload=not args.no_preload)
     counts = outcome["counts"]
     print(f"{outcome['study_dir']}: {counts['finished']} finished, {counts['failed']} failed, "
           f"{counts['skipped']} skipped ({outcome['already_finished']} were already finished); "
@@ -72,6 +73,9 @@ def register(commands) -> None:
     run.add_argument("--allow-changed", action="store_true",
                      help="adopt a changed study file in an existing study folder: unchanged runs keep their ids "
                           "and results, new runs are added, the report covers the new grid only")
+    run.add_argument("--no-preload", action="store_true",
+                     help="local executor: start every run as a fresh interpreter instead of forking it from a "
+                          "server that has imported torch/MONAI once (~4 s less per run)")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--no-report", action="store_true")
     run.set_defaults(handler=_run)

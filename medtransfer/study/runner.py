@@ -307,14 +307,16 @@ class StudyRunner:
 def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_root: str | None = None,
               executor: str = "local", workers: int | None = None, address: str | None = None,
               allow_changed: bool = False, progress: bool = True, report: bool = True,
-              command_factory: Callable[..., list[str]] = bundle_command) -> dict[str, Any]:
-    """Validate, run what is not finished, write the report. Returns counts, seconds and the study folder."""
+              command_factory: Callable[..., list[str]] = bundle_command, preload: bool = True) -> dict[str, Any]:
+    """Validate, run what is not finished, write the report. Returns counts, seconds and the study folder.
+
+    `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters."""
     from medtransfer.study.spec import load_study
 
     spec = load_study(study_file, data_root=data_root)  # every input error surfaces here, before any training
     study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
-    engine = make_executor(executor, workers, address)
+    engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
     try:
         outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()
     finally:

@@ -1,7 +1,7 @@
 """Where a study's runs execute: a local pool (each run its own process) or a Ray cluster.
 
 Both run one bundle process per run, its output captured in the run's log.txt, so a crashing run fails alone:
-the local pool forks it from a server that has imported torch/MONAI once (`medtransfer.study.preloaded`, saves
+the local pool forks it from a launcher that has imported torch/MONAI once (`medtransfer.study.preloaded`, saves
 the ~4 s of imports per run), Ray starts it as a subprocess (`execute_command`). The study driver only decides *which* runs are ready (a fine-tune waits for its
 pretraining run); placement, queues and retries across machines are the engine's business (Ray), never ours.
 """
@@ -52,8 +52,9 @@ def execute_command(command: list[str], log_path: str, env: dict[str, str] | Non
 class LocalExecutor:
     """A pool of `workers` threads, each waiting on one run's process.
 
-    `preload=True` (default) starts `python -m ...` commands as forks of a pre-imported server
-    (`medtransfer.study.preloaded`); `preload=False` starts every run as a fresh interpreter.
+    `preload=True` (default, where the platform can fork) starts `python -m ...` commands as forks of a
+    pre-imported launcher (`medtransfer.study.preloaded`); `preload=False` starts every run as a fresh
+    interpreter.
     """
 
     name = "local"
@@ -62,7 +63,10 @@ class LocalExecutor:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.capacity = workers
-        self.preload = preload
+        from medtransfer.study.preloaded import supported
+
+        self.preload = preload and supported()
+        self._launcher = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="study-run")
 
     def child_env(self) -> dict[str, str]:
@@ -73,9 +77,11 @@ class LocalExecutor:
 
     def submit(self, fn: Callable, *args) -> Future:
         if fn is execute_command and self.preload:
-            from medtransfer.study.preloaded import execute_preloaded
+            if self._launcher is None:
+                from medtransfer.study.preloaded import PreloadedLauncher
 
-            fn = execute_preloaded
+                self._launcher = PreloadedLauncher()
+            fn = self._launcher.execute
         return self._pool.submit(fn, *args)
 
     def wait(self, handles: list, timeout: float) -> list:
@@ -87,6 +93,9 @@ class LocalExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
 
 
 class RayExecutor:

@@ -59,6 +59,18 @@ def _bundle_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _data_slices(args: argparse.Namespace) -> int:
+    from medtransfer.data import open_manifest
+    from medtransfer.data.slices import slice_manifest
+
+    manifest = open_manifest(args.manifest, data_root=args.data_root)
+    path = slice_manifest(manifest, args.out, axis=args.axis, keep_empty=args.keep_empty, name=args.name)
+    content = json.loads(path.read_text())
+    sizes = {split: len(content[split]) for split in ("training", "validation", "test")}
+    print(f"wrote {path}: 2D slices {sizes}; use it with --data-root {Path(args.out).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("manifest")
     check.add_argument("--data-root")
     check.set_defaults(handler=_data_check)
+    slices = data.add_parser("slices", help="a 2D slice data set + manifest from a 3D manifest (splits and "
+                                            "fractions kept per volume)")
+    slices.add_argument("manifest")
+    slices.add_argument("--data-root")
+    slices.add_argument("--out", required=True, help="folder for images/, labels/ and the 2D manifest")
+    slices.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="0 sagittal, 1 coronal, 2 axial (RAS)")
+    slices.add_argument("--keep-empty", action="store_true", help="keep slices without foreground")
+    slices.add_argument("--name", help="manifest name (default: <manifest>_2d_<axis name>)")
+    slices.set_defaults(handler=_data_slices)
 
     bundle = commands.add_parser("bundle", help="MONAI bundles").add_subparsers(dest="bundle_command", required=True)
     verify = bundle.add_parser("verify", help="metadata schema (offline) and network input/output checks")

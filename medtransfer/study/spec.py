@@ -5,7 +5,7 @@ A study file is YAML::
     name: demo
     spatial_dims: 2                 # picks bundles/binary_seg_{2,3}d unless `bundle` names one
     bundle: binary_seg_2d           # a folder in bundles/ or a path to a bundle
-    data_manifest: synthetic_2d     # target data: a manifest name or path
+    data_manifest: synthetic_2d     # target data: a manifest name (data_manifests/ or <data_root>/<name>.json) or path
     data_root: null                 # or `medtransfer study run ... --data-root`
     settings: {filters: [8, 16, 32]}   # bundle keys shared by every run
     pretraining:                    # stages; each is run once and shared by every fine-tune using it
@@ -211,7 +211,13 @@ def _open_manifest_info(name: str, data_root: str | None, spatial_dims: int, bas
 
     try:
         candidate = base / name
-        path = candidate if candidate.suffix == ".json" and candidate.is_file() else find_manifest(name)
+        in_root = Path(data_root).expanduser() / f"{name}.json" if data_root else None
+        if candidate.suffix == ".json" and candidate.is_file():
+            path = candidate
+        elif in_root is not None and in_root.is_file():  # a derived manifest kept with its data (data slices)
+            path = in_root
+        else:
+            path = find_manifest(name)
         content = read_manifest_file(path)
     except ManifestError as error:
         raise StudyError(f"data manifest {name!r}: {error}") from None

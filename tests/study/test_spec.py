@@ -84,3 +84,19 @@ def test_real_manifest_without_data_root_is_an_error(monkeypatch, medtransfer_ho
     monkeypatch.delenv("MEDTRANSFER_DATA", raising=False)
     with pytest.raises(StudyError, match="--data-root"):
         load_study(STUDIES / "hc18_lowdata.yaml")
+
+
+def test_a_manifest_kept_in_its_data_root_is_found_by_name(tmp_path, medtransfer_home):
+    """`medtransfer data slices` writes <name>.json next to the slices; the study names it and gives --data-root."""
+    import json
+
+    content = json.loads((REPO_ROOT / "data_manifests" / "synthetic_2d.json").read_text())
+    content.pop("generator")
+    content["name"] = "derived_2d"
+    root = tmp_path / "derived"
+    root.mkdir()
+    (root / "derived_2d.json").write_text(json.dumps(content))
+    spec = parse_study(tiny_study(data_manifest="derived_2d"), base=tmp_path, data_root=str(root))
+    assert spec.target.path == (root / "derived_2d.json").resolve() and spec.target.data_root == str(root.resolve())
+    with pytest.raises(StudyError, match="no manifest named 'derived_2d'"):
+        parse_study(tiny_study(data_manifest="derived_2d"), base=tmp_path, data_root=str(tmp_path))

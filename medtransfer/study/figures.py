@@ -151,4 +151,65 @@ def write_figures(folder: str | Path, analysis: dict) -> list[str]:
     if analysis["curves"]:
         validation_curves(folder / "validation_curves.png", analysis["curves"])
         written.append(str(folder / "validation_curves.png"))
+    if analysis.get("cka"):
+        cka_layers(folder / "cka_layers.png", analysis["cka"])
+        written.append(str(folder / "cka_layers.png"))
+    transfer = analysis.get("transferability")
+    if transfer and any(r["dice"] is not None for r in transfer["rows"]):
+        score_vs_dice(folder / "transferability_vs_dice.png", transfer)
+        written.append(str(folder / "transferability_vs_dice.png"))
     return written
+
+
+def cka_layers(path: Path, table: list[dict]) -> None:
+    """One heat map per comparison: U-Net levels (rows) × study cells (columns), mean CKA over seeds."""
+    import numpy as np
+
+    plt = _pyplot()
+    from medtransfer.study.analysis import COMPARISONS
+
+    comparisons = [c for c in COMPARISONS if any(r["comparison"] == c for r in table)]
+    layers = sorted({(r["layer_index"], r["layer"], r["part"]) for r in table})
+    cells = list(dict.fromkeys((r["objective"], r["strategy"], r["fraction"]) for r in table))
+    fig, axes = plt.subplots(1, len(comparisons), squeeze=False,
+                             figsize=(2.5 + 0.55 * len(cells) * len(comparisons), 1.6 + 0.38 * len(layers)))
+    for ax, comparison in zip(axes[0], comparisons):
+        values = np.full((len(layers), len(cells)), np.nan)
+        for r in table:
+            if r["comparison"] == comparison:
+                values[[l[1] for l in layers].index(r["layer"]), cells.index((r["objective"], r["strategy"],
+                                                                                r["fraction"]))] = r["cka"]
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(cells)), [f"{_label((o, s))} @{f:g}" for o, s, f in cells], rotation=60, ha="right",
+                      fontsize=7)
+        ax.set_yticks(range(len(layers)), [f"{name} ({part})" for _, name, part in layers], fontsize=7)
+        ax.set_title(f"CKA {comparison}", fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def score_vs_dice(path: Path, transfer: dict) -> None:
+    """Checkpoint score against the Dice fine-tuning reached from it, one colour per pretraining stage."""
+    plt = _pyplot()
+    scores = [("robustness", "robustness (lower = more transferable)"), ("logme", "LogME (higher = better)")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), squeeze=False)
+    stages = list(dict.fromkeys(r["stage"] for r in transfer["rows"]))
+    rho = {(s["stage"], s["score"]): s["rho"] for s in transfer["spearman"]}
+    for ax, (score, label) in zip(axes[0], scores):
+        for index, stage in enumerate(stages):
+            points = [r for r in transfer["rows"] if r["stage"] == stage and r["dice"] is not None
+                      and r[score] is not None]
+            ax.plot([r[score] for r in points], [r["dice"] for r in points], "o-", color=f"C{index}", label=stage)
+            for r in points:
+                ax.annotate(str(r["epoch"]), (r[score], r["dice"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        pooled = rho.get(("all", score))
+        ax.set_title(f"{score}: Spearman ρ (all) = {'–' if pooled is None else f'{pooled:.2f}'}", fontsize=9)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel(f"test Dice after {transfer['strategy']} @ {transfer['fraction']:g}", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, title="pretraining (labels: epoch)", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

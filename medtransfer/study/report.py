@@ -6,6 +6,10 @@ Statistics:
 - Each strategy against `scratch` at the same fraction: paired Wilcoxon signed-rank test over (case, seed)
   pairs, Holm-corrected over all comparisons of the study.
 - Convergence: the first epoch whose validation Dice reaches 90% of the run's final validation Dice.
+- With an `analysis` block (medtransfer.study.analysis): mean layer CKA per cell (vs start, vs random, across
+  seeds) and each checkpoint's transferability score next to the Dice fine-tuning reached from it (Spearman).
+  Fine-tunes from intermediate checkpoints appear in results.csv (column `checkpoint_epoch`) but not in the
+  strategy × fraction statistics, which compare the grid's runs from the final pretrained weights only.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import numpy as np
 from medtransfer.study.spec import NO_SOURCE, Run, StudySpec
 
 CASE_METRICS = ("dice", "hd95", "surface_dice", "volume_pred", "volume_label")
-COLUMNS = ("study", "run_id", "objective", "source", "strategy", "fraction", "seed", "case", *CASE_METRICS,
-           "best_epoch", "epochs_to_90", "wall_time_seconds")
+COLUMNS = ("study", "run_id", "objective", "source", "strategy", "fraction", "seed", "checkpoint_epoch", "case",
+           *CASE_METRICS, "best_epoch", "epochs_to_90", "wall_time_seconds")
 BASELINE = "scratch"
 CONVERGENCE_LEVEL = 0.9
 
@@ -108,12 +112,15 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
             continue
         if run.kind != "finetune":
             continue
-        records[run.run_id] = {"run": run, "record": record}
+        if run.checkpoint_epoch is None:  # the grid; checkpoint fine-tunes only feed the transferability table
+            records[run.run_id] = {"run": run, "record": record}
         to90 = epochs_to_fraction(record.get("val_history") or [])
         for case in record.get("per_case") or []:
             row = {"study": spec.name, "run_id": run.run_id, "objective": run.objective,
                    "source": sources.get(run.depends_on, NO_SOURCE) if run.depends_on else NO_SOURCE,
-                   "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed, "case": case.get("case"),
+                   "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
+                   "checkpoint_epoch": "" if run.checkpoint_epoch is None else run.checkpoint_epoch,
+                   "case": case.get("case"),
                    "best_epoch": record.get("best_epoch"), "epochs_to_90": to90,
                    "wall_time_seconds": record.get("wall_time_seconds")}
             for metric in CASE_METRICS:
@@ -136,6 +143,19 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda stream: stream.write(data))
 
 
+def write_dict_csv(path: Path, rows: list[dict]) -> None:
+    """A CSV of homogeneous dicts (columns from the first row), written atomically."""
+    from medtransfer.atomic import atomic_write
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    data = buffer.getvalue().encode()
+    atomic_write(path, lambda stream: stream.write(data))
+
+
 def arm_label(objective: str, strategy: str) -> str:
     return strategy if objective == NO_SOURCE else f"{objective}/{strategy}"
 
@@ -144,6 +164,8 @@ def analyse(rows: list[dict], records: dict[str, dict]) -> dict[str, Any]:
     """The numbers summary.md and the figures show."""
     dice: dict[tuple, dict] = defaultdict(dict)  # (objective, strategy, fraction) -> {(case, seed): dice}
     for row in rows:
+        if row.get("checkpoint_epoch") not in (None, ""):
+            continue
         dice[(row["objective"], row["strategy"], row["fraction"])][(row["case"], row["seed"])] = row["dice"]
     table = []
     for key in sorted(dice, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1], k[2])):
@@ -226,6 +248,8 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
         stats = mean_ci(values)
         lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {len(values)} | {_f(stats['mean'], 1)} ± "
                      f"{_f(stats['sd'], 1)} |")
+    lines += _cka_markdown(analysis.get("cka") or [])
+    lines += _transferability_markdown(analysis.get("transferability"))
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}](figures/{Path(f).name})" for f in figures]
     lines += ["", "## Runs not finished", ""]
@@ -241,6 +265,50 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     return "\n".join(lines) + "\n"
 
 
+def _cka_markdown(table: list[dict]) -> list[str]:
+    if not table:
+        return []
+    from medtransfer.study.analysis import COMPARISONS
+
+    lines = ["", "## Layer CKA (mean over seeds; per-run files in runs/<id>/cka/)", "",
+             "Linear CKA per U-Net level on a fixed sample of test images: *vs start* = the fine-tuned network "
+             "against the weights it started from (1 = the layer did not change its representation), *vs random* "
+             "= against a randomly initialised network, *across seeds* = between runs of the same cell. "
+             "Columns: mean over the encoder / decoder levels.", "",
+             "| objective | strategy | fraction | " + " | ".join(f"{c} enc | {c} dec" for c in COMPARISONS) + " |",
+             "|---|---|---:|" + "---:|---:|" * len(COMPARISONS)]
+    cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    for row in table:
+        cells[(row["objective"], row["strategy"], row["fraction"])][(row["comparison"], row["part"])].append(row["cka"])
+    for (objective, strategy, fraction), values in cells.items():
+        parts = []
+        for comparison in COMPARISONS:
+            for part in ("encoder", "decoder"):
+                found = values.get((comparison, part))
+                parts.append(_f(sum(found) / len(found)) if found else "–")
+        lines.append(f"| {objective} | {strategy} | {fraction:g} | " + " | ".join(parts) + " |")
+    return lines
+
+
+def _transferability_markdown(result: dict | None) -> list[str]:
+    if not result:
+        return []
+    lines = ["", "## Transferability scores vs fine-tuned Dice", "",
+             f"Every scheduled checkpoint of each pretraining run, scored on the target (robustness of Hidy et al.: "
+             f"lower = more transferable; LogME: higher = better), then fine-tuned with `{result['strategy']}` at "
+             f"fraction {result['fraction']:g} (Dice: mean over seeds of each run's mean test Dice).", "",
+             "| pretraining | epoch | robustness | LogME | Dice | runs |", "|---|---:|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['stage']} | {row['epoch']} | {_f(row['robustness'], 4)} | {_f(row['logme'], 4)} | "
+                     f"{_f(row['dice'])} | {row['n_runs']} |")
+    lines += ["", "| checkpoints of | score | Spearman ρ with Dice | p | n |", "|---|---|---:|---:|---:|"]
+    for row in result["spearman"]:
+        lines.append(f"| {row['stage']} | {row['score']} | {_f(row['rho'])} | {_p(row['p_value'])} | {row['n']} |")
+    lines += ["", "A useful robustness score has ρ < 0 (lower score, higher Dice); a useful LogME has ρ > 0. "
+                  "ρ needs ≥ 3 checkpoints with finished fine-tunes."]
+    return lines
+
+
 def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: bool = True) -> dict[str, Any]:
     """(Re)write results.csv, summary.md and figures/ from the finished runs of a study folder."""
     from medtransfer.study.runner import load_study_dir
@@ -250,6 +318,13 @@ def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: 
     rows, records, problems = collect(study_dir, spec)
     write_csv(study_dir / "results.csv", rows)
     analysis = analyse(rows, records)
+    if spec.analysis:
+        from medtransfer.study.analysis import summarise_cka, transferability_table
+
+        analysis["cka"] = summarise_cka(study_dir, spec) if spec.analysis.get("cka") else []
+        analysis["transferability"] = transferability_table(study_dir, spec)
+        if analysis["cka"]:
+            write_dict_csv(study_dir / "cka_summary.csv", analysis["cka"])
     written: list[str] = []
     if figures and rows:
         from medtransfer.study.figures import write_figures

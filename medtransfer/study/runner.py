@@ -215,7 +215,7 @@ class StudyRunner:
         folder = run_dir(self.study_dir, run)
         record = read_json(folder / "run.json")
         overwrite = bool(record and record.get("status") == "finished")  # finished, but weights do not verify
-        source = run_dir(self.study_dir, run.depends_on) / "pretrained.pt" if run.depends_on else None
+        source = run_dir(self.study_dir, run.depends_on) / run.source_file if run.depends_on else None
         return self.command_factory(run, self.spec.bundle_root, folder, source_checkpoint=source,
                                     overwrite=overwrite), overwrite
 
@@ -321,6 +321,12 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
         outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()
     finally:
         engine.close()
+    if spec.analysis.get("cka"):
+        from medtransfer.study.analysis import run_cka_analysis
+
+        started = time.perf_counter()
+        outcome["cka"] = run_cka_analysis(study_dir, spec, progress=progress)
+        outcome["cka_seconds"] = time.perf_counter() - started
     if report:
         from medtransfer.study.report import write_report
 

@@ -21,6 +21,12 @@ A study file is YAML::
       fractions: [0.1, 0.5]
       seeds: [0, 1]
       settings: {max_epochs: 10}
+    analysis:                       # optional
+      cka: true                     # per fine-tune: layer CKA vs its start, vs a random net, vs other seeds
+      cka_images: 32                # test images the CKA sees (seeded sample)
+      transferability:              # score every checkpoint of every pretraining run on the target, and
+        strategy: encoder           # fine-tune from each checkpoint (this strategy and fraction, every seed)
+        fraction: 0.1               # to correlate the score with the Dice it reaches (Spearman)
 
 Strategies that load nothing (scratch, random_encoder_frozen) do not depend on a pretraining stage: they
 run once per fraction × seed (objective "none"). Every run id ends with 8 hex digits hashing the run's full
@@ -45,7 +51,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
-            "finetune"}
+            "finetune", "analysis"}
+ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
+TRANSFERABILITY_KEYS = {"strategy", "fraction"}
 STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings"}
 FINETUNE_KEYS = {"strategies", "fractions", "seeds", "settings"}
 # Bundle keys the study sets itself, per run: not allowed in `settings`.
@@ -87,6 +95,8 @@ class Run:
     params: dict[str, Any]  # what the id hashes
     depends_on: str | None = None
     source: str | None = None  # source manifest name (pretraining runs)
+    source_file: str = "pretrained.pt"  # which file of the pretraining run a fine-tune loads
+    checkpoint_epoch: int | None = None  # fine-tunes from an intermediate checkpoint (transferability analysis)
 
     @property
     def max_epochs(self) -> int | None:
@@ -123,6 +133,7 @@ class StudySpec:
     finetune_settings: dict
     source_file: str | None = None
     manifests: dict[str, ManifestInfo] = field(default_factory=dict)
+    analysis: dict = field(default_factory=dict)
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
@@ -146,9 +157,16 @@ class StudySpec:
                 "label_map": stage["label_map"],
                 "settings": settings,
             }
+            transferability = self.analysis.get("transferability")
+            if transferability:  # the pretraining run scores each scheduled checkpoint on the target
+                params["transferability_target"] = self.target.digest
             run_id = f"pre-{_slug(stage['name'])}-{_slug(manifest.name)}-{_hash(params)}"
             args = {**settings, "data_manifest": str(manifest.path), "fraction": stage["fraction"],
                     "seed": stage["seed"]}
+            if transferability:
+                args["transferability_manifest"] = str(self.target.path)
+                if self.target.data_root:
+                    args["transferability_data_root"] = self.target.data_root
             if stage["label_map"] is not None:
                 args["label_map"] = stage["label_map"]
             if manifest.data_root:
@@ -185,6 +203,42 @@ class StudySpec:
                         runs.append(Run(run_id, "finetune", source, strategy, fraction, seed,
                                         (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")),
                                         args, params, depends_on=pre.run_id if pre else None))
+        runs += self._checkpoint_runs(stage_runs, settings)
+        return runs
+
+    def _checkpoint_runs(self, stage_runs: dict[str, Run], settings: dict) -> list[Run]:
+        """Fine-tunes from every scheduled checkpoint of every pretraining run (analysis.transferability).
+
+        The final checkpoint is pretrained.pt; when the grid already fine-tunes it with the same strategy and
+        fraction, those runs are reused (no run is trained twice)."""
+        transferability = self.analysis.get("transferability")
+        if not transferability:
+            return []
+        strategy, fraction = transferability["strategy"], transferability["fraction"]
+        configs = self.bundle_root / "configs"
+        in_grid = strategy in self.strategies and fraction in self.fractions
+        runs = []
+        for stage in self.stages:
+            pre = stage_runs[stage["name"]]
+            for epoch in stage["checkpoint_epochs"]:
+                final = epoch == stage["max_epochs"]
+                if final and in_grid:
+                    continue
+                for seed in self.seeds:
+                    params = {"kind": "finetune", "bundle": self.bundle_root.name, "data_manifest": self.target.name,
+                              "manifest_digest": self.target.digest, "strategy": strategy, "fraction": fraction,
+                              "seed": seed, "settings": settings, "pretraining_run": pre.run_id,
+                              "source_checkpoint_epoch": epoch}
+                    run_id = (f"ft-{_slug(stage['name'])}-e{epoch}-{strategy}-f{_fraction_text(fraction)}-s{seed}-"
+                              f"{_hash(params)}")
+                    args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction, "seed": seed}
+                    if self.target.data_root:
+                        args["data_root"] = self.target.data_root
+                    runs.append(Run(run_id, "finetune", stage["name"], strategy, fraction, seed,
+                                    (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")),
+                                    args, params, depends_on=pre.run_id,
+                                    source_file="pretrained.pt" if final else f"checkpoints/epoch_{epoch:04d}.pt",
+                                    checkpoint_epoch=epoch))
         return runs
 
 
@@ -249,6 +303,41 @@ def _check_fractions(fractions: list[float], info: ManifestInfo, where: str) -> 
                  f"{', '.join(sorted(info.content['fractions'], key=float))}")
 
 
+def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractions: list[float],
+                    target: ManifestInfo) -> dict:
+    """The `analysis` block with defaults filled in; {} when absent."""
+    from medtransfer.transfer import STRATEGIES
+
+    if raw is None:
+        return {}
+    _require(isinstance(raw, dict), "analysis: must be a mapping")
+    unknown = set(raw) - ANALYSIS_KEYS
+    _require(not unknown, f"analysis: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                          f"{', '.join(sorted(ANALYSIS_KEYS))}")
+    analysis = {"cka": bool(raw.get("cka", False)), "cka_images": int(raw.get("cka_images", 32)),
+                "cka_layers": str(raw.get("cka_layers", "all")), "cka_mode": str(raw.get("cka_mode", "flatten"))}
+    _require(analysis["cka_layers"] in ("encoder", "decoder", "all"),
+             f"analysis.cka_layers: one of encoder, decoder, all, not {analysis['cka_layers']!r}")
+    _require(analysis["cka_mode"] in ("flatten", "pool"),
+             f"analysis.cka_mode: one of flatten, pool, not {analysis['cka_mode']!r}")
+    _require(analysis["cka_images"] >= 4, "analysis.cka_images: at least 4 images")
+    transferability = raw.get("transferability", False)
+    if transferability:
+        _require(bool(stages), "analysis.transferability: needs a pretraining stage whose checkpoints are scored")
+        settings = transferability if isinstance(transferability, dict) else {}
+        unknown = set(settings) - TRANSFERABILITY_KEYS
+        _require(not unknown, f"analysis.transferability: unknown key(s) {', '.join(sorted(unknown))}")
+        loading = [s for s in strategies if STRATEGIES[s].load]
+        strategy = str(settings.get("strategy") or ("encoder" if "encoder" in loading or not loading else loading[0]))
+        _require(strategy in STRATEGIES and STRATEGIES[strategy].load,
+                 f"analysis.transferability.strategy: {strategy!r} must be a strategy that loads pretrained weights "
+                 f"({', '.join(n for n, s in STRATEGIES.items() if s.load)})")
+        fraction = float(settings.get("fraction") or (min(fractions) if fractions else 1.0))
+        _check_fractions([fraction], target, "analysis.transferability")
+        analysis["transferability"] = {"strategy": strategy, "fraction": fraction}
+    return analysis
+
+
 def parse_study(content: dict, base: str | Path = ".", data_root: str | None = None,
                 source_file: str | None = None) -> StudySpec:
     """Validate a study's content; `data_root` (from the command line) binds the target manifest's data."""
@@ -292,6 +381,10 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
             manifests[source] = _open_manifest_info(source, root, spatial_dims, base)
         fraction = float(raw.get("fraction", 1.0))
         _check_fractions([fraction], manifests[source], where)
+        stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
+        objective_config = yaml.safe_load((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").read_text())
+        resolved = {**train, **objective_config, **settings, **stage_settings}
+        max_epochs = int(resolved["max_epochs"])
         stage = {
             "objective": objective,
             "name": str(raw.get("name") or objective),
@@ -299,7 +392,10 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
             "fraction": fraction,
             "seed": int(raw.get("seed", 0)),
             "label_map": raw.get("label_map"),
-            "settings": _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys),
+            "settings": stage_settings,
+            "max_epochs": max_epochs,  # where pretrained.pt comes from
+            "checkpoint_epochs": sorted({int(e) for e in resolved.get("checkpoint_epochs") or [] if int(e) <= max_epochs}
+                                        | {max_epochs}),
         }
         _require(stage["name"] != NO_SOURCE, f"{where}: {NO_SOURCE!r} is reserved for runs without a source")
         _require(stage["name"] not in {s["name"] for s in stages},
@@ -319,6 +415,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     fractions = [float(f) for f in finetune.get("fractions") or []]
     _check_fractions(fractions, target, "finetune")
     seeds = [int(s) for s in finetune.get("seeds") or []]
+    analysis = _check_analysis(content.get("analysis"), stages, strategies, fractions, target)
     needs_source = [s for s in strategies if STRATEGIES[s].load]
     _require(not needs_source or stages,
              f"finetune: strategies {', '.join(needs_source)} load pretrained weights but there is no pretraining stage")
@@ -336,6 +433,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         finetune_settings=_check_settings(finetune.get("settings"), "finetune.settings", bundle_keys),
         source_file=source_file,
         manifests=manifests,
+        analysis=analysis,
     )
     _require(any(run.kind == "finetune" for run in spec.expand()),
              "the grid produces zero fine-tuning runs: give finetune.strategies, fractions and seeds")

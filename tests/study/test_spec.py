@@ -100,3 +100,46 @@ def test_a_manifest_kept_in_its_data_root_is_found_by_name(tmp_path, medtransfer
     assert spec.target.path == (root / "derived_2d.json").resolve() and spec.target.data_root == str(root.resolve())
     with pytest.raises(StudyError, match="no manifest named 'derived_2d'"):
         parse_study(tiny_study(data_manifest="derived_2d"), base=tmp_path, data_root=str(tmp_path))
+
+
+def test_analysis_block_expands_checkpoint_finetunes_and_is_validated(medtransfer_home):
+    base = tiny_study(pretraining=[{"objective": "reconstruction",
+                                    "settings": {"max_epochs": 4, "iterations_per_epoch": 2,
+                                                 "checkpoint_epochs": [1, 2, 4, 9]}}])
+    plain = parse_study(base)
+    with_cka = parse_study({**base, "analysis": {"cka": True}})
+    assert [r.run_id for r in with_cka.expand()] == [r.run_id for r in plain.expand()]  # CKA adds no runs
+    spec = parse_study({**base, "analysis": {"transferability": {"strategy": "encoder", "fraction": 0.1}}})
+    assert spec.stages[0]["checkpoint_epochs"] == [1, 2, 4]  # 9 > max_epochs is never written
+    runs = spec.expand()
+    extra = [r for r in runs if r.checkpoint_epoch is not None]
+    # epochs 1 and 2 × seeds 0, 1; the final epoch (4) is the grid's encoder @ 0.1 run, reused
+    assert sorted((r.checkpoint_epoch, r.seed) for r in extra) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert {r.source_file for r in extra} == {"checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt"}
+    pre = [r for r in runs if r.kind == "pretrain"][0]
+    assert pre.args["transferability_manifest"].endswith("synthetic_2d.json")
+    assert pre.run_id != [r for r in plain.expand() if r.kind == "pretrain"][0].run_id
+    outside = parse_study({**base, "analysis": {"transferability": {"strategy": "full", "fraction": 0.5}}})
+    finals = [r for r in outside.expand() if r.checkpoint_epoch == 4]
+    assert len(finals) == 2 and {r.source_file for r in finals} == {"pretrained.pt"}  # not in the grid: run it
+    assert parse_study({**base, "analysis": {"transferability": True}}).analysis["transferability"] == \
+        {"strategy": "encoder", "fraction": 0.1}
+
+
+@pytest.mark.parametrize("analysis, message", [
+    ({"ckaa": True}, "analysis: unknown key"),
+    ({"cka_layers": "middle"}, "analysis.cka_layers"),
+    ({"transferability": {"strategy": "scratch"}}, "must be a strategy that loads"),
+    ({"transferability": {"fraction": 0.3}}, "fraction 0.3 is not in manifest"),
+    ({"transferability": {"stage": "x"}}, "transferability: unknown key"),
+])
+def test_bad_analysis_blocks_are_refused(analysis, message, medtransfer_home):
+    with pytest.raises(StudyError, match=message):
+        parse_study(tiny_study(analysis=analysis))
+
+
+def test_transferability_needs_a_pretraining_stage(medtransfer_home):
+    content = tiny_study(pretraining=[], analysis={"transferability": True})
+    content["finetune"]["strategies"] = ["scratch"]
+    with pytest.raises(StudyError, match="needs a pretraining stage"):
+        parse_study(content)

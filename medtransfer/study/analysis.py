@@ -1,0 +1,177 @@
+"""A study's `analysis` block: layer-wise CKA of every fine-tune, and checkpoint transferability vs Dice.
+
+CKA (`analysis: {cka: true}`), after the runs: every finished fine-tune of the grid is compared, layer by
+layer on a fixed seeded sample of target test images, with (Karimi et al.; Goerttler & Obermayer)
+  - its starting weights (what transfer + fine-tuning changed: ≈ 1 where features were reused),
+  - a random network of the same architecture (how far from chance each layer is),
+  - the runs of the same cell with other seeds (how reproducible each layer is).
+Results go to `runs/<id>/cka/cka.{csv,json,png}`; a run whose `cka.json` records the same weights, images
+and seed partners is not recomputed. `summarise_cka` aggregates them for the report.
+
+Transferability (`analysis: {transferability: ...}`): the pretraining runs score each scheduled checkpoint on
+the target (TransferabilityScore handler → their run.json); the study fine-tunes from every checkpoint, and
+`transferability_table` pairs each checkpoint's score with the mean test Dice reached from it, with the
+Spearman correlation per pretraining stage and over all checkpoints (Hidy et al. 2024).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from medtransfer.study.spec import Run, StudySpec
+
+logger = logging.getLogger("medtransfer.study")
+
+CKA_FOLDER = "cka"
+COMPARISONS = ("vs start", "vs random", "across seeds")
+
+
+def _cell(run: Run) -> tuple:
+    return run.objective, run.strategy, run.fraction, run.checkpoint_epoch
+
+
+def _finished_finetunes(study_dir: Path, spec: StudySpec) -> list[tuple[Run, dict]]:
+    from medtransfer.study.runner import finished_record, run_dir
+
+    out = []
+    for run in spec.expand():
+        if run.kind == "finetune" and run.checkpoint_epoch is None:
+            record = finished_record(run, run_dir(study_dir, run))
+            if record is not None:
+                out.append((run, record))
+    return out
+
+
+def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = True) -> dict[str, Any]:
+    """Compute the per-run CKA files that are missing or stale. Returns {"computed", "reused", "failed": {id: error}}."""
+    from tqdm.auto import tqdm
+
+    from medtransfer.analysis.compare import image_batches, load_network, run_cka_summary, write_cka_report
+    from medtransfer.data import open_manifest
+    from medtransfer.study.runner import read_json, run_dir
+
+    study_dir = Path(study_dir)
+    settings = spec.analysis
+    finished = _finished_finetunes(study_dir, spec)
+    by_cell: dict[tuple, list[Run]] = defaultdict(list)
+    for run, _ in finished:
+        by_cell[_cell(run)].append(run)
+    outcome: dict[str, Any] = {"computed": 0, "reused": 0, "failed": {}}
+    todo = []
+    for run, record in finished:
+        partners = sorted(other.run_id for other in by_cell[_cell(run)] if other.run_id != run.run_id)
+        key = {"model_sha256": record.get("model_sha256"), "partners": partners, "images": settings["cka_images"],
+               "layers": settings["cka_layers"], "mode": settings["cka_mode"]}
+        previous = read_json(run_dir(study_dir, run) / CKA_FOLDER / "cka.json")
+        if previous and (previous.get("meta") or {}).get("key") == key:
+            outcome["reused"] += 1
+        else:
+            todo.append((run, record, partners, key))
+    if not todo:
+        return outcome
+    manifest = open_manifest(spec.target.path, data_root=spec.target.data_root)
+    batches_by_shape: dict[tuple, list] = {}
+    bar = tqdm(todo, desc=f"CKA {spec.name}", unit="run", disable=not progress, dynamic_ncols=True)
+    for run, record, partners, key in bar:
+        folder = run_dir(study_dir, run)
+        try:
+            config = record.get("config", {})
+            size = tuple(int(v) for v in config.get("patch_size") or [])
+            divisor = 2 ** (len(config.get("filters") or [1]) - 1)
+            if size not in batches_by_shape:  # the same seeded test images for every run
+                batches_by_shape[size] = image_batches(manifest, "test", spatial_size=list(size) or None,
+                                                       batch_size=8, max_images=settings["cka_images"], seed=0,
+                                                       divisor=divisor)
+            result = run_cka_summary(folder, batches_by_shape[size], layers=settings["cka_layers"],
+                                     mode=settings["cka_mode"],
+                                     other_seed_runs=[run_dir(study_dir, p) for p in partners])
+            network = load_network(folder)
+            write_cka_report(result, folder / CKA_FOLDER, title=f"{run.run_id}: layer CKA",
+                             meta={"key": key, "run_id": run.run_id, "objective": run.objective,
+                                   "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
+                                   "random_parts": getattr(network, "random_parts", None)})
+            outcome["computed"] += 1
+        except Exception as error:  # one run's analysis failing must not lose the others'
+            logger.warning("CKA of %s failed: %s", run.run_id, error)
+            outcome["failed"][run.run_id] = f"{type(error).__name__}: {error}"
+    bar.close()
+    return outcome
+
+
+def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
+    """Mean CKA per (objective, strategy, fraction, comparison, layer) over the cell's seeds (and seed pairs)."""
+    from medtransfer.study.runner import read_json, run_dir
+
+    values: dict[tuple, list[float]] = defaultdict(list)
+    parts: dict[str, str] = {}
+    order: dict[str, int] = {}
+    for run, _ in _finished_finetunes(Path(study_dir), spec):
+        report = read_json(run_dir(study_dir, run) / CKA_FOLDER / "cka.json")
+        if not report:
+            continue
+        for comparison, rows in (report.get("comparisons") or {}).items():
+            group = "across seeds" if comparison.startswith("vs seed") else comparison
+            for row in rows:
+                if row.get("cka") is None:
+                    continue
+                values[(run.objective, run.strategy, run.fraction, group, row["layer"])].append(float(row["cka"]))
+                parts[row["layer"]] = row.get("part")
+                order.setdefault(row["layer"], len(order))
+    table = []
+    for (objective, strategy, fraction, group, layer), cka in values.items():
+        table.append({"objective": objective, "strategy": strategy, "fraction": fraction, "comparison": group,
+                      "layer": layer, "part": parts[layer], "cka": sum(cka) / len(cka), "n": len(cka),
+                      "layer_index": order[layer]})
+    table.sort(key=lambda r: (r["objective"] != "none", r["objective"], r["strategy"], r["fraction"],
+                              COMPARISONS.index(r["comparison"]) if r["comparison"] in COMPARISONS else 9,
+                              r["layer_index"]))
+    return table
+
+
+def transferability_table(study_dir: str | Path, spec: StudySpec) -> dict[str, Any] | None:
+    """Checkpoint scores next to the Dice fine-tuning reached from them, and Spearman correlations.
+
+    Returns None without `analysis.transferability`. Otherwise {"strategy", "fraction", "rows": [{stage,
+    epoch, robustness, logme, dice, n_runs}], "spearman": [{stage ("all" = pooled), score, rho, p_value, n}]}.
+    Dice is the mean test Dice over the seeds' runs (each run's mean over test cases)."""
+    from medtransfer.analysis.checkpoint_scores import spearman_with_dice
+    from medtransfer.study.runner import finished_record, read_json, run_dir
+
+    settings = spec.analysis.get("transferability")
+    if not settings:
+        return None
+    study_dir = Path(study_dir)
+    runs = spec.expand()
+    pretrain = {run.objective: run for run in runs if run.kind == "pretrain"}
+    final_epoch = {stage["name"]: stage["max_epochs"] for stage in spec.stages}
+    dice: dict[tuple, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.kind != "finetune" or run.strategy != settings["strategy"] or run.fraction != settings["fraction"]:
+            continue
+        if run.objective not in pretrain:
+            continue
+        record = finished_record(run, run_dir(study_dir, run))
+        cases = [c.get("dice") for c in (record or {}).get("per_case") or [] if c.get("dice") is not None]
+        if cases:
+            epoch = run.checkpoint_epoch if run.checkpoint_epoch is not None else final_epoch[run.objective]
+            dice[(run.objective, epoch)].append(sum(cases) / len(cases))
+    rows = []
+    for stage, pre in pretrain.items():
+        record = read_json(run_dir(study_dir, pre) / "run.json") or {}
+        for entry in (record.get("transferability") or {}).get("checkpoints") or []:
+            runs_dice = dice.get((stage, int(entry["epoch"])), [])
+            rows.append({"stage": stage, "epoch": int(entry["epoch"]), "robustness": entry.get("robustness"),
+                         "logme": entry.get("logme"), "dice": sum(runs_dice) / len(runs_dice) if runs_dice else None,
+                         "n_runs": len(runs_dice)})
+    spearman = []
+    for stage in [*pretrain, "all"]:
+        subset = [r for r in rows if stage == "all" or r["stage"] == stage]
+        for score in ("robustness", "logme"):
+            result = spearman_with_dice({(r["stage"], r["epoch"]): r[score] for r in subset},
+                                        {(r["stage"], r["epoch"]): r["dice"] for r in subset}, score_key=score)
+            spearman.append({"stage": stage, "score": score, "rho": result["rho"], "p_value": result["p_value"],
+                             "n": result["n"]})
+    return {**settings, "rows": rows, "spearman": spearman}

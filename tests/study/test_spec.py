@@ -14,12 +14,16 @@ def test_demo_expands_to_shared_pretraining_and_source_free_scratch(medtransfer_
     runs = spec.expand()
     pre = [r for r in runs if r.kind == "pretrain"]
     fine = [r for r in runs if r.kind == "finetune"]
-    assert len(pre) == 2 and len(fine) == 4 + 2 * 3 * 2 * 2
+    grid = [r for r in fine if r.checkpoint_epoch is None]
+    assert len(pre) == 2 and len(grid) == 4 + 2 * 3 * 2 * 2
+    # analysis.transferability: epochs 10 and 20 of both sources × 2 seeds (epoch 30 = the grid's encoder @ 0.1)
+    assert sorted({(r.objective, r.checkpoint_epoch) for r in fine if r.checkpoint_epoch}) == \
+        [("conrec", 10), ("conrec", 20), ("supervised", 10), ("supervised", 20)] and len(fine) == len(grid) + 8
     assert len({r.run_id for r in runs}) == len(runs)
     scratch = [r for r in fine if r.strategy == "scratch"]
     assert len(scratch) == 4 and all(r.objective == "none" and r.depends_on is None for r in scratch)
     pre_ids = {r.run_id for r in pre}
-    assert {r.depends_on for r in fine if r.strategy != "scratch"} == pre_ids  # each pretrained once, shared
+    assert {r.depends_on for r in grid if r.strategy != "scratch"} == pre_ids  # each pretrained once, shared
     assert [r.run_id for r in load_study(STUDIES / "demo.yaml").expand()] == [r.run_id for r in runs]  # stable
     assert pre[0].run_id.startswith("pre-conrec-synthetic_2d-")
     assert any(r.run_id.startswith("ft-supervised-encoder_frozen-f0.5-s1-") for r in fine)

@@ -77,3 +77,15 @@ def test_bad_input(volumes, tmp_path):
         slice_manifest(flat, tmp_path)
     with pytest.raises(ManifestError, match="axis must be"):
         slice_manifest(volumes, tmp_path, axis=3)
+
+
+def test_cli_writes_the_slices_and_names_the_data_root(volumes, tmp_path, capsys):
+    from medtransfer.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["data", "slices", str(volumes.path), "--data-root", str(volumes.data_root), "--out", str(out),
+                 "--axis", "1", "--name", "volumes_coronal"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'volumes_coronal.json'}" in printed and f"--data-root {out.resolve()}" in printed
+    content = read_manifest_file(out / "volumes_coronal.json")
+    assert content["derived_from"]["axis"] == 1 and all((out / c["image"]).is_file() for c in content["test"])

@@ -49,7 +49,7 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
     """Compute the per-run CKA files that are missing or stale. Returns {"computed", "reused", "failed": {id: error}}."""
     from tqdm.auto import tqdm
 
-    from medtransfer.analysis.compare import image_batches, load_network, run_cka_summary, write_cka_report
+    from medtransfer.analysis.compare import image_batches, run_cka_summary, write_cka_report
     from medtransfer.data import open_manifest
     from medtransfer.study.runner import read_json, run_dir
 
@@ -88,11 +88,10 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
             result = run_cka_summary(folder, batches_by_shape[size], layers=settings["cka_layers"],
                                      mode=settings["cka_mode"],
                                      other_seed_runs=[run_dir(study_dir, p) for p in partners])
-            network = load_network(folder)
             write_cka_report(result, folder / CKA_FOLDER, title=f"{run.run_id}: layer CKA",
                              meta={"key": key, "run_id": run.run_id, "objective": run.objective,
                                    "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
-                                   "random_parts": getattr(network, "random_parts", None)})
+                                   "n_images": settings["cka_images"], "split": "test"})
             outcome["computed"] += 1
         except Exception as error:  # one run's analysis failing must not lose the others'
             logger.warning("CKA of %s failed: %s", run.run_id, error)

@@ -1,9 +1,12 @@
 """A study's report from its finished runs: results.csv (tidy), summary.md (statistics) and figures/.
 
 Statistics:
+- The unit of observation is a test case, or for slice data sets (cases with a `volume`, written by
+  `medtransfer data slices`) a test *volume*: its slices' Dice are averaged first, because slices of one
+  patient are not independent observations (treating them as such would make every p-value too small).
 - Dice per objective × strategy × fraction: mean ± sd and the 95% CI of the mean (t distribution) over all
-  (test case, seed) observations.
-- Each strategy against `scratch` at the same fraction: paired Wilcoxon signed-rank test over (case, seed)
+  (unit, seed) observations.
+- Each strategy against `scratch` at the same fraction: paired Wilcoxon signed-rank test over (unit, seed)
   pairs, Holm-corrected over all comparisons of the study.
 - Convergence: the first epoch whose validation Dice reaches 90% of the run's final validation Dice.
 - With an `analysis` block (medtransfer.study.analysis): mean layer CKA per cell (vs start, vs random, across
@@ -27,7 +30,7 @@ from medtransfer.study.spec import NO_SOURCE, Run, StudySpec
 
 CASE_METRICS = ("dice", "hd95", "surface_dice", "volume_pred", "volume_label")
 COLUMNS = ("study", "run_id", "objective", "source", "strategy", "fraction", "seed", "checkpoint_epoch", "case",
-           *CASE_METRICS, "best_epoch", "epochs_to_90", "wall_time_seconds")
+           "volume", *CASE_METRICS, "best_epoch", "epochs_to_90", "wall_time_seconds")
 BASELINE = "scratch"
 CONVERGENCE_LEVEL = 0.9
 
@@ -44,6 +47,11 @@ def holm(p_values: Iterable[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[index] = running
     return adjusted
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def mean_ci(values: Iterable[float], level: float = 0.95) -> dict[str, float | int | None]:
@@ -100,6 +108,7 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
     status = (read_json(Path(study_dir) / STATUS_FILE) or {}).get("runs", {})
     runs = spec.expand()
     sources = {run.run_id: run.source for run in runs if run.kind == "pretrain"}
+    volume_of = {case["id"]: case["volume"] for case in spec.target.content.get("test", []) if case.get("volume")}
     rows: list[dict] = []
     records: dict[str, dict] = {}
     problems: list[dict] = []
@@ -120,7 +129,7 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
                    "source": sources.get(run.depends_on, NO_SOURCE) if run.depends_on else NO_SOURCE,
                    "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
                    "checkpoint_epoch": "" if run.checkpoint_epoch is None else run.checkpoint_epoch,
-                   "case": case.get("case"),
+                   "case": case.get("case"), "volume": volume_of.get(case.get("case"), ""),
                    "best_epoch": record.get("best_epoch"), "epochs_to_90": to90,
                    "wall_time_seconds": record.get("wall_time_seconds")}
             for metric in CASE_METRICS:
@@ -162,11 +171,14 @@ def arm_label(objective: str, strategy: str) -> str:
 
 def analyse(rows: list[dict], records: dict[str, dict]) -> dict[str, Any]:
     """The numbers summary.md and the figures show."""
-    dice: dict[tuple, dict] = defaultdict(dict)  # (objective, strategy, fraction) -> {(case, seed): dice}
+    per_unit: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))  # cell -> {(unit, seed): [dice]}
     for row in rows:
         if row.get("checkpoint_epoch") not in (None, ""):
             continue
-        dice[(row["objective"], row["strategy"], row["fraction"])][(row["case"], row["seed"])] = row["dice"]
+        unit = row.get("volume") or row["case"]  # slices of one volume are one observation
+        per_unit[(row["objective"], row["strategy"], row["fraction"])][(unit, row["seed"])].append(row["dice"])
+    dice: dict[tuple, dict] = {cell: {key: _nanmean(values) for key, values in units.items()}
+                               for cell, units in per_unit.items()}
     table = []
     for key in sorted(dice, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1], k[2])):
         seeds = {seed for _, seed in dice[key]}
@@ -194,7 +206,8 @@ def analyse(rows: list[dict], records: dict[str, dict]) -> dict[str, Any]:
         to90 = epochs_to_fraction(history)
         if to90 is not None:
             convergence[key].append(to90)
-    return {"table": table, "tests": tests, "curves": dict(curves), "convergence": dict(convergence)}
+    unit = "volume" if any(row.get("volume") for row in rows) else "case"
+    return {"table": table, "tests": tests, "curves": dict(curves), "convergence": dict(convergence), "unit": unit}
 
 
 # Markdown -------------------------------------------------------------------------------------------------
@@ -219,8 +232,11 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
               f"pretraining: {stages or 'none'}",
               f"- runs: {n_runs - len(problems)} of {n_runs} finished; Σ fine-tune wall time {wall_seconds / 60:.1f} min",
               f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
+    unit = "test volume" if analysis.get("unit") == "volume" else "test case"
+    per_volume = ("A slice data set: each volume's slice Dice are averaged first (slices of one patient are not "
+                  "independent observations). ") if unit == "test volume" else ""
     lines += ["## Test Dice per strategy × fraction", "",
-              "Mean ± sd over all (test case, seed) observations; 95% CI of the mean from the t distribution. "
+              f"{per_volume}Mean ± sd over all ({unit}, seed) observations; 95% CI of the mean from the t distribution. "
               f"Objective `{NO_SOURCE}`: runs that load no pretrained weights.", "",
               "| objective | strategy | fraction | seeds | n | Dice mean ± sd | 95% CI |",
               "|---|---|---:|---:|---:|---|---|"]
@@ -228,7 +244,7 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
         lines.append(f"| {row['objective']} | {row['strategy']} | {row['fraction']:g} | {row['n_seeds']} | {row['n']} | "
                      f"{_f(row['mean'])} ± {_f(row['sd'])} | [{_f(row['ci_low'])}, {_f(row['ci_high'])}] |")
     lines += ["", f"## Against `{BASELINE}` (paired Wilcoxon signed-rank, Holm-corrected)", "",
-              f"Pairs are (test case, seed) at the same fraction; Δ = strategy − {BASELINE}. "
+              f"Pairs are ({unit}, seed) at the same fraction; Δ = strategy − {BASELINE}. "
               f"Holm correction over all {len(analysis['tests'])} comparisons.", ""]
     if analysis["tests"]:
         lines += ["| objective | strategy | fraction | pairs | mean Δ | median Δ | W | p | p (Holm) | |",

@@ -42,3 +42,25 @@ def test_epochs_to_90_percent_of_final_validation_dice():
     assert epochs_to_fraction(history) == 3  # 0.85 ≥ 0.9 × 0.9 = 0.81
     assert epochs_to_fraction([]) is None
     assert math.isclose(epochs_to_fraction([{"epoch": 1, "val_dice": 0.0}]), 1)
+
+
+def test_slices_of_one_volume_are_one_observation():
+    from medtransfer.study.report import analyse
+
+    def row(strategy, case, volume, seed, dice):
+        return {"objective": "none" if strategy == "scratch" else "src", "strategy": strategy, "fraction": 0.1,
+                "seed": seed, "case": case, "volume": volume, "dice": dice, "checkpoint_epoch": ""}
+
+    rows = []
+    for seed in (0, 1):
+        for strategy, shift in (("scratch", 0.0), ("encoder", 0.1)):
+            rows += [row(strategy, "a_1", "a", seed, 0.5 + shift), row(strategy, "a_2", "a", seed, 0.7 + shift),
+                     row(strategy, "a_3", "a", seed, 0.9 + shift), row(strategy, "b_1", "b", seed, 0.4 + shift)]
+    rows.append({**row("encoder", "x", "", 0, 0.0), "checkpoint_epoch": 3})  # a checkpoint fine-tune: not in the table
+    result = analyse(rows, {})
+    assert result["unit"] == "volume"
+    scratch = next(r for r in result["table"] if r["strategy"] == "scratch")
+    assert scratch["n"] == 4 and abs(scratch["mean"] - (0.7 + 0.4) / 2) < 1e-9  # (volume, seed) means
+    test = result["tests"][0]
+    assert test["n_pairs"] == 4 and abs(test["mean_diff"] - 0.1) < 1e-9
+    assert analyse([{**r, "volume": ""} for r in rows[:-1]], {})["table"][0]["n"] == 8  # 3D cases: per case

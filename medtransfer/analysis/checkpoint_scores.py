@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -168,10 +169,37 @@ def spearman_with_dice(
              if v is not None and _key(k) in dice and dice[_key(k)] is not None]
     rho = p_value = None
     if len(pairs) >= 3:
-        result = spearmanr([p[1] for p in pairs], [p[2] for p in pairs])
+        scores_, dices = [p[1] for p in pairs], [p[2] for p in pairs]
+        result = spearmanr(scores_, dices)
         if math.isfinite(result.statistic):
             rho, p_value = float(result.statistic), float(result.pvalue)
+            if len(pairs) <= EXACT_MAX_N:  # the t approximation is wrong for a handful of checkpoints
+                p_value = exact_spearman_p(scores_, dices, rho)
     return {"rho": rho, "p_value": p_value, "n": len(pairs), "pairs": pairs, "score_key": score_key}
+
+
+EXACT_MAX_N = 8
+
+
+def exact_spearman_p(x: Sequence[float], y: Sequence[float], rho: float) -> float:
+    """Two-sided permutation p-value of Spearman's rho: the share of all n! orderings of y whose |rho| is at
+    least the observed one. With n = 3 checkpoints even rho = 1 has p = 1/3, not the 0 the t approximation
+    gives."""
+    import itertools
+
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
+    centred = ry - ry.mean()
+    norm = np.linalg.norm(centred)
+    if norm == 0:
+        return 1.0
+    extreme = total = 0
+    for order in itertools.permutations(range(len(ry))):
+        total += 1
+        extreme += abs(float(rx @ centred[list(order)]) / norm) >= abs(rho) - 1e-12
+    return extreme / total
 
 
 def _key(key):

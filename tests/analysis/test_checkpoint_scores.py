@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from ignite.engine import Engine
@@ -79,3 +81,18 @@ def test_handler_scores_at_scheduled_epochs_and_end(test_data, tmp_path):
     disabled.attach(trainer)
     trainer.run([0], max_epochs=1)
     assert disabled.results == []
+
+
+def test_small_samples_get_an_exact_permutation_p_value():
+    from scipy.stats import permutation_test, spearmanr
+
+    from medtransfer.analysis.checkpoint_scores import exact_spearman_p
+
+    perfect = spearman_with_dice({1: 0.1, 2: 0.2, 3: 0.3}, {1: 0.5, 2: 0.6, 3: 0.7})
+    assert perfect["rho"] == pytest.approx(1.0) and perfect["p_value"] == pytest.approx(2 / 6)  # not 0
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    rho = spearmanr(x, y).statistic
+    reference = permutation_test((x,), lambda a: spearmanr(a, y).statistic, permutation_type="pairings",
+                                 n_resamples=np.inf, alternative="two-sided").pvalue
+    assert exact_spearman_p(x, y, rho) == pytest.approx(reference)

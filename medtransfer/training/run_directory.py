@@ -34,6 +34,12 @@ def config_hash(run_params: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 def library_versions() -> dict[str, str]:
     import monai
     import numpy
@@ -192,6 +198,8 @@ class RunDirectory:
                 "config": self.run_params,
                 "config_hash": self.config_hash,
                 "versions": library_versions(),
+                # CPU results depend on the thread count (reduction order): record it next to the versions
+                "torch_threads": _torch_threads(),
             }
         )
         save_json(self.record_path, record)

@@ -182,29 +182,38 @@ class StudySpec:
             for source in sources:
                 for fraction in self.fractions:
                     for seed in self.seeds:
-                        pre = stage_runs.get(source)
-                        params = {
-                            "kind": "finetune",
-                            "bundle": self.bundle_root.name,
-                            "data_manifest": self.target.name,
-                            "manifest_digest": self.target.digest,
-                            "strategy": strategy,
-                            "fraction": fraction,
-                            "seed": seed,
-                            "settings": settings,
-                            "pretraining_run": pre.run_id if pre else None,
-                        }
-                        run_id = (f"ft-{_slug(source)}-{strategy}-f{_fraction_text(fraction)}-s{seed}-"
-                                  f"{_hash(params)}")
-                        args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction,
-                                "seed": seed}
-                        if self.target.data_root:
-                            args["data_root"] = self.target.data_root
-                        runs.append(Run(run_id, "finetune", source, strategy, fraction, seed,
-                                        (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")),
-                                        args, params, depends_on=pre.run_id if pre else None))
+                        runs.append(self._finetune_run(source, stage_runs.get(source), strategy, fraction, seed,
+                                                       settings))
         runs += self._checkpoint_runs(stage_runs, settings)
         return runs
+
+    def _finetune_run(self, source: str, pre: Run | None, strategy: str, fraction: float, seed: int, settings: dict,
+                      checkpoint_epoch: int | None = None, source_file: str = "pretrained.pt") -> Run:
+        """One fine-tune; its id hashes everything it depends on (a checkpoint fine-tune also its epoch)."""
+        params = {
+            "kind": "finetune",
+            "bundle": self.bundle_root.name,
+            "data_manifest": self.target.name,
+            "manifest_digest": self.target.digest,
+            "strategy": strategy,
+            "fraction": fraction,
+            "seed": seed,
+            "settings": settings,
+            "pretraining_run": pre.run_id if pre else None,
+        }
+        label = _slug(source)
+        if checkpoint_epoch is not None:
+            params["source_checkpoint_epoch"] = checkpoint_epoch
+            label += f"-e{checkpoint_epoch}"
+        run_id = f"ft-{label}-{strategy}-f{_fraction_text(fraction)}-s{seed}-{_hash(params)}"
+        args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction, "seed": seed}
+        if self.target.data_root:
+            args["data_root"] = self.target.data_root
+        configs = self.bundle_root / "configs"
+        return Run(run_id, "finetune", source, strategy, fraction, seed,
+                   (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")), args, params,
+                   depends_on=pre.run_id if pre else None, source_file=source_file,
+                   checkpoint_epoch=checkpoint_epoch)
 
     def _checkpoint_runs(self, stage_runs: dict[str, Run], settings: dict) -> list[Run]:
         """Fine-tunes from every scheduled checkpoint of every pretraining run (analysis.transferability).
@@ -215,30 +224,17 @@ class StudySpec:
         if not transferability:
             return []
         strategy, fraction = transferability["strategy"], transferability["fraction"]
-        configs = self.bundle_root / "configs"
         in_grid = strategy in self.strategies and fraction in self.fractions
         runs = []
         for stage in self.stages:
-            pre = stage_runs[stage["name"]]
             for epoch in stage["checkpoint_epochs"]:
                 final = epoch == stage["max_epochs"]
                 if final and in_grid:
                     continue
-                for seed in self.seeds:
-                    params = {"kind": "finetune", "bundle": self.bundle_root.name, "data_manifest": self.target.name,
-                              "manifest_digest": self.target.digest, "strategy": strategy, "fraction": fraction,
-                              "seed": seed, "settings": settings, "pretraining_run": pre.run_id,
-                              "source_checkpoint_epoch": epoch}
-                    run_id = (f"ft-{_slug(stage['name'])}-e{epoch}-{strategy}-f{_fraction_text(fraction)}-s{seed}-"
-                              f"{_hash(params)}")
-                    args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction, "seed": seed}
-                    if self.target.data_root:
-                        args["data_root"] = self.target.data_root
-                    runs.append(Run(run_id, "finetune", stage["name"], strategy, fraction, seed,
-                                    (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")),
-                                    args, params, depends_on=pre.run_id,
-                                    source_file="pretrained.pt" if final else f"checkpoints/epoch_{epoch:04d}.pt",
-                                    checkpoint_epoch=epoch))
+                source_file = "pretrained.pt" if final else f"checkpoints/epoch_{epoch:04d}.pt"
+                runs += [self._finetune_run(stage["name"], stage_runs[stage["name"]], strategy, fraction, seed,
+                                            settings, checkpoint_epoch=epoch, source_file=source_file)
+                         for seed in self.seeds]
         return runs
 
 

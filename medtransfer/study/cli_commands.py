@@ -18,6 +18,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{outcome['study_dir']}: {counts['finished']} finished, {counts['failed']} failed, "
           f"{counts['skipped']} skipped ({outcome['already_finished']} were already finished); "
           f"{outcome['seconds'] / 60:.1f} min")
+    if "cka" in outcome:
+        cka = outcome["cka"]
+        print(f"layer CKA: {cka['computed']} computed, {cka['reused']} reused, {len(cka['failed'])} failed"
+              + "".join(f"\n  {run_id}: {error}" for run_id, error in cka["failed"].items()))
     if "report" in outcome:
         print(f"report: {outcome['report']['summary']}, {outcome['report']['results']}")
     return 0 if counts["failed"] == 0 and counts["skipped"] == 0 else 1

@@ -11,7 +11,8 @@ same module with the same arguments as the command line it replaces (`runpy`, `_
 `sys.path[0]` = its working directory) and writes stdout and stderr to the run's log at the file-descriptor
 level, like the subprocess launch. What differs: environment variables that torch or MONAI read *at import
 time* take the launcher's values (the run's environment is applied before its module runs; `OMP_NUM_THREADS`
-is honoured through `torch.set_num_threads`).
+is honoured through `torch.set_num_threads`), and the preloaded modules are the versions the launcher imported
+when the study started (edit medtransfer during a study and later runs still use the code in memory).
 
 Why not `multiprocessing`'s forkserver: it re-imports the driver's `__main__` script in every child, which
 breaks (or re-runs) any user script that calls `run_study` without an `if __name__ == "__main__":` guard.

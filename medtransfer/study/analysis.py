@@ -135,7 +135,7 @@ def transferability_table(study_dir: str | Path, spec: StudySpec) -> dict[str, A
 
     Returns None without `analysis.transferability`. Otherwise {"strategy", "fraction", "rows": [{stage,
     epoch, robustness, logme, dice, n_runs}], "spearman": [{stage ("all" = pooled), score, rho, p_value, n}]}.
-    Dice is the mean test Dice over the seeds' runs (each run's mean over test cases)."""
+    Dice is the mean over the seeds' runs of each run's own mean test Dice (run.json metrics.mean_dice)."""
     from medtransfer.analysis.checkpoint_scores import spearman_with_dice
     from medtransfer.study.runner import finished_record, read_json, run_dir
 
@@ -153,10 +153,10 @@ def transferability_table(study_dir: str | Path, spec: StudySpec) -> dict[str, A
         if run.objective not in pretrain:
             continue
         record = finished_record(run, run_dir(study_dir, run))
-        cases = [c.get("dice") for c in (record or {}).get("per_case") or [] if c.get("dice") is not None]
-        if cases:
+        mean_dice = ((record or {}).get("metrics") or {}).get("mean_dice")
+        if mean_dice is not None:
             epoch = run.checkpoint_epoch if run.checkpoint_epoch is not None else final_epoch[run.objective]
-            dice[(run.objective, epoch)].append(sum(cases) / len(cases))
+            dice[(run.objective, epoch)].append(float(mean_dice))
     rows = []
     for stage, pre in pretrain.items():
         record = read_json(run_dir(study_dir, pre) / "run.json") or {}

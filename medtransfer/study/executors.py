@@ -31,21 +31,34 @@ def execute_command(command: list[str], log_path: str, env: dict[str, str] | Non
                     cwd: str | None = None) -> dict[str, Any]:
     """Run one command, stdout+stderr into `log_path`; return its exit status, duration and error tail."""
     log = Path(log_path)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log_command(log, command)
     started = time.perf_counter()
     full_env = {**os.environ, **(env or {})}
     with open(log, "ab") as stream:
-        stream.write(f"$ {' '.join(command)}\n".encode())
-        stream.flush()
         try:
             returncode = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=full_env,
                                         cwd=cwd).returncode
         except OSError as error:  # the command could not even start
             stream.write(f"Traceback (most recent call last)\nOSError: {error}\n".encode())
             returncode = 127
+    return run_outcome(log, returncode, started)
+
+
+def log_command(log: Path, command: list[str]) -> None:
+    """Start a run's log with the command line it replaces (what a user re-runs by hand)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as stream:
+        stream.write(f"$ {' '.join(command)}\n".encode())
+
+
+def run_outcome(log: Path, returncode: int | None, started: float) -> dict[str, Any]:
+    """Exit status, duration and, for a failed run, the tail of its log (a signal death named as such)."""
     result: dict[str, Any] = {"returncode": returncode, "seconds": time.perf_counter() - started}
     if returncode != 0:
-        result["error"] = error_tail(log.read_text(errors="replace"))
+        text = log.read_text(errors="replace")
+        if returncode is not None and returncode < 0:
+            text += f"\nthe run's process was killed by signal {-returncode}\n"
+        result["error"] = error_tail(text)
     return result
 
 

@@ -179,27 +179,19 @@ class PreloadedLauncher:
     def execute(self, command: list[str], log_path: str, env: dict[str, str] | None = None,
                 cwd: str | None = None) -> dict[str, Any]:
         """Run one command like `execute_command`; `python -m MODULE` commands are forked from the launcher."""
-        from medtransfer.study.executors import error_tail, execute_command
+        from medtransfer.study.executors import execute_command, log_command, run_outcome
 
         parsed = module_command(command)
         if parsed is None:
             return execute_command(command, log_path, env, cwd)
         log = Path(log_path)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as stream:
-            stream.write(f"$ {' '.join(command)}\n".encode())
+        log_command(log, command)
         started = time.perf_counter()
         try:
             returncode = self.run(*parsed, str(log), {**os.environ, **(env or {})}, cwd)
         except RuntimeError as error:
             return {"returncode": None, "seconds": time.perf_counter() - started, "error": str(error)}
-        result: dict[str, Any] = {"returncode": returncode, "seconds": time.perf_counter() - started}
-        if returncode != 0:
-            text = log.read_text(errors="replace")
-            if returncode is not None and returncode < 0:
-                text += f"\nthe run's process was killed by signal {-returncode}\n"
-            result["error"] = error_tail(text)
-        return result
+        return run_outcome(log, returncode, started)
 
     def close(self) -> None:
         """Ask the launcher to stop (it waits for running children) and wait for it."""

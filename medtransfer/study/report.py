@@ -139,28 +139,16 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
     return rows, records, problems
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], columns: Iterable[str] = COLUMNS) -> None:
+    """A tidy CSV (NaN written as an empty cell), atomically; `columns` default: results.csv's."""
     from medtransfer.atomic import atomic_write
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    data = buffer.getvalue().encode()
-    atomic_write(path, lambda stream: stream.write(data))
-
-
-def write_dict_csv(path: Path, rows: list[dict]) -> None:
-    """A CSV of homogeneous dicts (columns from the first row), written atomically."""
-    from medtransfer.atomic import atomic_write
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     data = buffer.getvalue().encode()
     atomic_write(path, lambda stream: stream.write(data))
 
@@ -340,7 +328,7 @@ def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: 
         analysis["cka"] = summarise_cka(study_dir, spec) if spec.analysis.get("cka") else []
         analysis["transferability"] = transferability_table(study_dir, spec)
         if analysis["cka"]:
-            write_dict_csv(study_dir / "cka_summary.csv", analysis["cka"])
+            write_csv(study_dir / "cka_summary.csv", analysis["cka"], columns=list(analysis["cka"][0]))
     written: list[str] = []
     if figures and rows:
         from medtransfer.study.figures import write_figures

@@ -98,3 +98,8 @@ def test_a_dead_launcher_fails_the_run_with_a_clear_error(tmp_path):
     result = dead.execute(command(), str(tmp_path / "log.txt"), {}, str(REPO))
     assert result["returncode"] is None and "launcher" in result["error"]
     dead.close()
+
+
+def test_a_subprocess_killed_by_a_signal_says_so(tmp_path):
+    result = execute_command(["sh", "-c", "echo started; kill -9 $$"], str(tmp_path / "log.txt"))
+    assert result["returncode"] == -9 and "killed by signal 9" in result["error"] and "started" in result["error"]

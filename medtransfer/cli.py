@@ -72,32 +72,36 @@ def _data_slices(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medtransfer import __version__
+
     parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medtransfer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="data manifests").add_subparsers(dest="data_command", required=True)
     manifest = data.add_parser("manifest", help="build a manifest for images/ + labels/ or an nnU-Net raw folder")
-    manifest.add_argument("folder")
+    manifest.add_argument("folder", help="data folder with images/ and labels/ (or an nnU-Net raw data set)")
     manifest.add_argument("--output", "-o", help="manifest file to write (default: <folder name>.json)")
-    manifest.add_argument("--name")
-    manifest.add_argument("--image-dir", default="images")
-    manifest.add_argument("--label-dir", default="labels")
+    manifest.add_argument("--name", help="manifest name (default: the folder name)")
+    manifest.add_argument("--image-dir", default="images", help="image subfolder (default: images)")
+    manifest.add_argument("--label-dir", default="labels", help="label subfolder (default: labels)")
     manifest.add_argument("--no-labels", action="store_true", help="images only (for self-supervised pretraining)")
     manifest.add_argument("--label-map", help="map label values onto {0,1}, e.g. 1:1,2:1")
-    manifest.add_argument("--test-fraction", type=float, default=0.2)
-    manifest.add_argument("--validation-fraction", type=float, default=0.1)
-    manifest.add_argument("--seed", type=int, default=0)
+    manifest.add_argument("--test-fraction", type=float, default=0.2, help="share of cases in the test split (default: 0.2)")
+    manifest.add_argument("--validation-fraction", type=float, default=0.1,
+                          help="share of cases in the validation split (default: 0.1)")
+    manifest.add_argument("--seed", type=int, default=0, help="seed of the split and of the nested fractions")
     manifest.add_argument("--ordered", action="store_true", help="split in file order (serial sections)")
     manifest.add_argument("--force", action="store_true", help="replace an existing manifest file")
     manifest.set_defaults(handler=_data_manifest)
     check = data.add_parser("check", help="load and validate every case of a manifest")
-    check.add_argument("manifest")
-    check.add_argument("--data-root")
+    check.add_argument("manifest", help="manifest name (data_manifests/) or path")
+    check.add_argument("--data-root", help="folder the manifest's paths are relative to (or MEDTRANSFER_DATA)")
     check.set_defaults(handler=_data_check)
     slices = data.add_parser("slices", help="a 2D slice data set + manifest from a 3D manifest (splits and "
                                             "fractions kept per volume)")
-    slices.add_argument("manifest")
-    slices.add_argument("--data-root")
+    slices.add_argument("manifest", help="3D manifest name (data_manifests/) or path")
+    slices.add_argument("--data-root", help="folder the 3D manifest's paths are relative to")
     slices.add_argument("--out", required=True, help="folder for images/, labels/ and the 2D manifest")
     slices.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="0 sagittal, 1 coronal, 2 axial (RAS)")
     slices.add_argument("--keep-empty", action="store_true", help="keep slices without foreground")
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bundle = commands.add_parser("bundle", help="MONAI bundles").add_subparsers(dest="bundle_command", required=True)
     verify = bundle.add_parser("verify", help="metadata schema (offline) and network input/output checks")
-    verify.add_argument("bundle")
+    verify.add_argument("bundle", help="bundle folder")
     verify.set_defaults(handler=_bundle_verify)
 
     from medtransfer.analysis.cli_commands import register as register_analyze

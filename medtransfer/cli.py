@@ -54,7 +54,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _bundle_verify(args: argparse.Namespace) -> int:
     from medtransfer.inference.bundle_verify import verify_bundle
 
-    report = verify_bundle(args.bundle)
+    report = verify_bundle(args.bundle, schema=args.schema)
     print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = commands.add_parser("bundle", help="MONAI bundles").add_subparsers(dest="bundle_command", required=True)
     verify = bundle.add_parser("verify", help="metadata schema (offline) and network input/output checks")
     verify.add_argument("bundle", help="bundle folder")
+    verify.add_argument("--schema", help="MONAI metadata schema JSON file (default: the shipped copy of MONAI's "
+                                         "published meta_schema_20240725.json)")
     verify.set_defaults(handler=_bundle_verify)
 
     from medtransfer.analysis.cli_commands import register as register_analyze

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medtransfer import registry
 from medtransfer.data.manifest import Manifest, ManifestError, read_manifest_file
-
-PACKAGED_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
 def find_manifest(name_or_path: str | os.PathLike) -> Path:
@@ -17,12 +16,15 @@ def find_manifest(name_or_path: str | os.PathLike) -> Path:
         if not candidate.is_file():
             raise ManifestError(f"manifest not found: {candidate}")
         return candidate
-    for folder in (Path.cwd() / "data_manifests", PACKAGED_MANIFESTS):
-        path = folder / f"{name_or_path}.json"
-        if path.is_file():
-            return path
+    local = Path.cwd() / "data_manifests" / f"{name_or_path}.json"
+    if local.is_file():
+        return local
+    packaged = registry.manifest_path(str(name_or_path))
+    if packaged is not None:
+        return packaged
     raise ManifestError(
-        f"no manifest named {str(name_or_path)!r} in ./data_manifests or {PACKAGED_MANIFESTS}; give a path to a .json file"
+        f"no manifest named {str(name_or_path)!r} in ./data_manifests or {registry.manifests_dir()} "
+        f"(packaged: {', '.join(registry.manifest_names())}); give a path to a .json file"
     )
 
 

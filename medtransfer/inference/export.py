@@ -24,6 +24,7 @@ import torch
 import yaml
 
 import medtransfer
+from medtransfer import registry
 from medtransfer.atomic import atomic_write, save_json, sha256_of
 from medtransfer.inference.bundle_loading import (
     CHECKSUM_KEY,
@@ -41,7 +42,6 @@ from medtransfer.training.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
 
-BUNDLES_DIR = Path(medtransfer.__file__).resolve().parents[1] / "bundles"
 TORCHSCRIPT_PATH = "models/model.ts"
 ONNX_PATH = "models/model.onnx"
 ONNX_PACKAGES = "pip install onnx onnxscript onnxruntime"
@@ -187,7 +187,7 @@ _HEADER = """# Inference config of an exported medtransfer bundle; needs only `p
 
 
 def _check_no_machine_paths(text: str, run: Path) -> None:
-    forbidden = [str(BUNDLES_DIR.parent), str(run.resolve()), "bundles/", "data_manifests", str(Path.home())]
+    forbidden = [str(registry.bundles_dir().parent), str(run.resolve()), "bundles/", "data_manifests", str(Path.home())]
     found = [f for f in forbidden if f and f != "/" and f in text]
     if found:
         raise ExportError(f"the exported inference config would reference paths of this machine: {found}")
@@ -531,11 +531,12 @@ def export_bundle(
     record = _read_run(run)
     config = record["config"]
     dims = int(config["spatial_dims"])
-    template = BUNDLES_DIR / (config.get("bundle") or f"binary_seg_{dims}d")
-    if not (template / "configs" / "inference.yaml").is_file():
-        raise ExportError(
-            f"bundle template {template} not found: export runs from a medtransfer checkout that has bundles/"
-        )
+    try:
+        template = registry.bundle_dir(config.get("bundle") or f"binary_seg_{dims}d")
+        template_inference = registry.inference_config(template)
+        template_meta = json.loads(registry.metadata_file(template).read_text())
+    except registry.RegistryError as error:
+        raise ExportError(f"{run}: the run's bundle template: {error}") from None
     try:
         target_spacing, manifest_content = run_target_spacing(config, manifest)
     except BundleError as error:
@@ -548,12 +549,11 @@ def export_bundle(
         raise ExportError(str(error)) from None
     network.eval()
 
-    inference = _inference_config(template / "configs" / "inference.yaml", config, target_spacing)
+    inference = _inference_config(template_inference, config, target_spacing)
     text = _HEADER + yaml.dump(inference, Dumper=_ConfigDumper, sort_keys=False, width=120)
     _check_no_machine_paths(text, run)
     spec = safe_spec(output, inference, output / "configs" / "inference.yaml")  # the export must load safely
     inferer = {"roi_size": spec.roi_size, "sw_batch_size": spec.sw_batch_size, "overlap": spec.overlap}
-    template_meta = json.loads((template / "configs" / "metadata.json").read_text())
     meta = _metadata(template_meta, record, run, manifest_content, target_spacing, version, inferer,
                      _pretraining(run, record))
 
@@ -565,7 +565,7 @@ def export_bundle(
         (staging / "docs").mkdir()
         (staging / "configs" / "inference.yaml").write_text(text)
         shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
-        shutil.copyfile(template / "LICENSE", staging / "LICENSE")
+        shutil.copyfile(template / registry.LICENSE, staging / registry.LICENSE)
         meta[CHECKSUM_KEY][WEIGHTS_PATH] = sha256_of(staging / WEIGHTS_PATH)
 
         exported = []

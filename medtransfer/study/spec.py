@@ -47,8 +47,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLES_DIR = REPO_ROOT / "bundles"
+from medtransfer import registry
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
             "finetune", "analysis"}
@@ -140,7 +139,6 @@ class StudySpec:
         """Pretraining runs first, then fine-tunes; ids are stable across calls and machines."""
         from medtransfer.transfer import STRATEGIES
 
-        configs = self.bundle_root / "configs"
         runs: list[Run] = []
         stage_runs: dict[str, Run] = {}
         for stage in self.stages:
@@ -172,7 +170,7 @@ class StudySpec:
             if manifest.data_root:
                 args["data_root"] = manifest.data_root
             run = Run(run_id, "pretrain", stage["name"], None, stage["fraction"], stage["seed"],
-                      (str(configs / "train.yaml"), str(configs / "pretrain" / f"{stage['objective']}.yaml")),
+                      registry.pretrain_config_files(self.bundle_root, stage["objective"]),
                       args, params, source=manifest.name)
             stage_runs[stage["name"]] = run
             runs.append(run)
@@ -209,9 +207,8 @@ class StudySpec:
         args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction, "seed": seed}
         if self.target.data_root:
             args["data_root"] = self.target.data_root
-        configs = self.bundle_root / "configs"
         return Run(run_id, "finetune", source, strategy, fraction, seed,
-                   (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")), args, params,
+                   registry.transfer_config_files(self.bundle_root, strategy), args, params,
                    depends_on=pre.run_id if pre else None, source_file=source_file,
                    checkpoint_epoch=checkpoint_epoch)
 
@@ -247,12 +244,12 @@ def _require(condition: bool, message: str) -> None:
 def _resolve_bundle(content: dict, base: Path) -> Path:
     bundle = content.get("bundle") or f"binary_seg_{int(content.get('spatial_dims', 2))}d"
     candidates = [Path(bundle)] if Path(bundle).is_absolute() else [base / bundle, Path.cwd() / bundle,
-                                                                       BUNDLES_DIR / bundle]
+                                                                       registry.bundles_dir() / bundle]
     for candidate in candidates:
-        if (candidate / "configs" / "train.yaml").is_file():
+        if registry.is_trainable_bundle(candidate):
             return candidate.resolve()
-    known = sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "configs" / "train.yaml").is_file())
-    raise StudyError(f"unknown bundle {bundle!r}: not a bundle folder (configs/train.yaml); known: {', '.join(known)}")
+    raise StudyError(f"unknown bundle {bundle!r}: not a bundle folder ({registry.TRAIN}); "
+                     f"known: {', '.join(registry.bundle_names())}")
 
 
 def _open_manifest_info(name: str, data_root: str | None, spatial_dims: int, base: Path) -> ManifestInfo:
@@ -346,13 +343,14 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     _require(not unknown, f"unknown study key(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
     _require(bool(content.get("name")), "the study needs a `name`")
     bundle_root = _resolve_bundle(content, base)
-    train = yaml.safe_load((bundle_root / "configs" / "train.yaml").read_text())
+    train = yaml.safe_load(registry.train_config(bundle_root).read_text())
     spatial_dims = int(train.get("spatial_dims", content.get("spatial_dims", 2)))
     if "spatial_dims" in content:
         _require(int(content["spatial_dims"]) == spatial_dims,
                  f"spatial_dims {content['spatial_dims']} does not match bundle {bundle_root.name} ({spatial_dims}D)")
     bundle_keys = set(train)
-    for path in (bundle_root / "configs" / "pretrain").glob("*.yaml"):
+    for objective in registry.pretrain_objectives(bundle_root):
+        path = registry.pretrain_overlay(bundle_root, objective)
         bundle_keys |= {k for k in (yaml.safe_load(path.read_text()) or {}) if "#" not in k and not k.startswith("+")}
     settings = _check_settings(content.get("settings"), "settings", bundle_keys)
 
@@ -369,8 +367,8 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         _require(not unknown, f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         objective = raw.get("objective")
         _require(objective in OBJECTIVES, f"{where}: unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
-        _require((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").is_file(),
-                 f"{where}: bundle {bundle_root.name} has no configs/pretrain/{objective}.yaml")
+        _require(objective in registry.pretrain_objectives(bundle_root),
+                 f"{where}: bundle {bundle_root.name} has no {registry.PRETRAIN_DIR}/{objective}.yaml")
         source = str(raw.get("data_manifest") or target_name)
         if source not in manifests:
             root = raw.get("data_root") or (data_root if source == target_name else None)
@@ -378,7 +376,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         fraction = float(raw.get("fraction", 1.0))
         _check_fractions([fraction], manifests[source], where)
         stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
-        objective_config = yaml.safe_load((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").read_text())
+        objective_config = yaml.safe_load(registry.pretrain_overlay(bundle_root, objective).read_text())
         resolved = {**train, **objective_config, **settings, **stage_settings}
         max_epochs = int(resolved["max_epochs"])
         stage = {
@@ -405,8 +403,8 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     strategies = [str(s) for s in finetune.get("strategies") or []]
     for strategy in strategies:
         _require(strategy in STRATEGIES, f"finetune: unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
-        _require((bundle_root / "configs" / "transfer" / f"{strategy}.yaml").is_file(),
-                 f"finetune: bundle {bundle_root.name} has no configs/transfer/{strategy}.yaml")
+        _require(strategy in registry.transfer_strategies(bundle_root),
+                 f"finetune: bundle {bundle_root.name} has no {registry.TRANSFER_DIR}/{strategy}.yaml")
     _require(len(set(strategies)) == len(strategies), "finetune: a strategy is listed twice")
     fractions = [float(f) for f in finetune.get("fractions") or []]
     _check_fractions(fractions, target, "finetune")

@@ -81,6 +81,87 @@ def test_bundle_verify_catches_bad_metadata_and_a_wrong_output_channel_count(tmp
     assert report["checks"]["verify_net_in_out"] != "passed"
 
 
+def _reference(test_data):
+    return test_data.parent / "reference"
+
+
+def test_shipped_schema_is_monai_s_published_schema(test_data):
+    """A loosened copy would pass what MONAI's check fails: the shipped file is the published one, byte for byte."""
+    from medtransfer.inference.bundle_verify import SCHEMA_PATH, SCHEMA_URL
+
+    assert SCHEMA_PATH.read_bytes() == (_reference(test_data) / "monai_meta_schema_20240725.json").read_bytes()
+    assert json.loads(SCHEMA_PATH.read_text())["$schema"] == "https://json-schema.org/draft/2019-09/schema"
+    for spatial_dims in (2, 3):
+        assert json.loads((bundle_dir(spatial_dims) / "configs" / "metadata.json").read_text())["schema"] == SCHEMA_URL
+
+
+def _set(meta, path, value):
+    *parents, last = path
+    for key in parents:
+        meta = meta[key]
+    if value is _DELETE:
+        del meta[last]
+    else:
+        meta[last] = value
+
+
+_DELETE = object()
+_PRED = ("network_data_format", "outputs", "pred")
+_IMAGE = ("network_data_format", "inputs", "image")
+METADATA_CHANGES = {
+    "unchanged": [],
+    "null value_range": [(_PRED + ("value_range",), [None, None])],
+    "string in value_range": [(_IMAGE + ("value_range",), ["0", 1])],
+    "no version": [(("version",), _DELETE)],
+    "version as a number": [(("version",), 1.0)],
+    "no required_packages_version": [(("required_packages_version",), _DELETE)],
+    "references not strings": [(("references",), [1])],
+    "num_channels as text": [(_IMAGE + ("num_channels",), "1")],
+    "float in spatial_shape": [(_IMAGE + ("spatial_shape",), [16.5, "32*n"])],
+    "tensor without dtype": [(_PRED + ("dtype",), _DELETE)],
+    "no outputs": [(("network_data_format", "outputs"), _DELETE)],
+    "eval_metrics not an object": [(("eval_metrics",), [0.9])],
+}
+
+
+@pytest.mark.parametrize("change", sorted(METADATA_CHANGES))
+def test_our_metadata_check_fails_exactly_where_monai_s_fails(change, test_data, tmp_path):
+    """MONAI's own verify_metadata with the reference copy of the real schema is the judge."""
+    from monai.bundle import verify_metadata
+
+    meta = json.loads((bundle_dir(2) / "configs" / "metadata.json").read_text())
+    for path, value in METADATA_CHANGES[change]:
+        _set(meta, path, value)
+    meta_file = tmp_path / "metadata.json"
+    meta_file.write_text(json.dumps(meta))
+    try:
+        verify_metadata(meta_file=str(meta_file), filepath=str(_reference(test_data) / "monai_meta_schema_20240725.json"))
+        monai_passes = True
+    except Exception:
+        monai_passes = False
+    assert monai_passes == (change == "unchanged")  # every change above breaks the real schema
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir(2), bundle)
+    shutil.copyfile(meta_file, bundle / "configs" / "metadata.json")
+    ours = verify_bundle(bundle)["checks"]["verify_metadata"]
+    assert (ours == "passed") == monai_passes, ours
+
+
+def test_bundle_verify_uses_the_schema_given(tmp_path, capsys):
+    """--schema FILE replaces the shipped schema: a stricter one fails a bundle the real one passes."""
+    from medtransfer.inference.bundle_verify import SCHEMA_PATH
+
+    stricter = json.loads(SCHEMA_PATH.read_text())
+    stricter["required"].append("medtransfer_extra_key")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(stricter))
+    assert cli(["bundle", "verify", str(bundle_dir(2)), "--schema", str(schema)]) == 1
+    assert "medtransfer_extra_key" in json.loads(capsys.readouterr().out)["checks"]["verify_metadata"]
+    missing = verify_bundle(bundle_dir(2), schema=tmp_path / "missing.json")["checks"]["verify_metadata"]
+    assert missing.startswith("FileNotFoundError") and "missing.json" in missing
+
+
 def _top_level(path):
     return yaml.safe_load(path.read_text())
 

@@ -9,7 +9,7 @@ import pytest
 from medtransfer.cli import main as cli
 from medtransfer.data import ManifestError, nested_fractions, open_manifest
 from medtransfer.data.manifest_builder import build_manifest
-from medtransfer.data.open import PACKAGED_MANIFESTS
+from medtransfer import registry
 
 REAL_MANIFESTS = {
     "msd_hippocampus": ("msd_hippocampus", 3, 260),
@@ -54,7 +54,7 @@ def test_shipped_real_manifests_resolve_to_the_shared_data(name, test_data):
 
 
 def test_hippocampus_manifest_merges_both_labels():
-    content = json.loads((PACKAGED_MANIFESTS / "msd_hippocampus.json").read_text())
+    content = json.loads(registry.manifest_path("msd_hippocampus").read_text())
     assert content["label_map"] == {"1": 1, "2": 1}
     assert content["training"][0]["label"].startswith("labels_multiclass/")
 

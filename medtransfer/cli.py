@@ -48,7 +48,13 @@ def _data_check(args: argparse.Namespace) -> int:
             failures += 1
             print(f"FAIL {split}/{case_id}: {error}")
     print(f"{manifest.name}: {total - failures} of {total} cases OK ({manifest.data_root})")
-    return 1 if failures else 0
+    from medtransfer.data.case_check import cross_split_duplicates
+
+    leaking = cross_split_duplicates(manifest)
+    for group in leaking:
+        print("LEAK near-duplicate group across splits: " + "; ".join(f"{s}: {', '.join(ids)}" for s, ids in group.items()))
+    print(f"{manifest.name}: {len(leaking)} duplicate group(s) cross splits")
+    return 1 if failures or leaking else 0
 
 
 def _bundle_verify(args: argparse.Namespace) -> int:

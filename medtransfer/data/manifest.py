@@ -73,6 +73,15 @@ class Manifest:
         return {int(k): int(v) for k, v in mapping.items()} if mapping else None
 
     @property
+    def channels(self) -> int:
+        """Input channels of every image (1 grey, 3 RGB, or the sequences of a multi-channel scan)."""
+        return int(self.content.get("channels", 1))
+
+    @property
+    def near_duplicate_groups(self) -> list[list[str]]:
+        return [list(group) for group in self.content.get("near_duplicate_groups") or []]
+
+    @property
     def target_spacing(self) -> list[float] | None:
         return self.content.get("target_spacing")
 
@@ -118,7 +127,10 @@ class Manifest:
             for key in ("image", "label") if require_labels else ("image",):  # unsupervised use: images only
                 if key not in case:
                     raise ManifestError(f"{self._where()}: case {case['id']!r} in {split} has no {key!r}")
-                item[key] = str(self._existing(case[key], case["id"]))
+                if isinstance(case[key], list):  # one file per channel (nnU-Net layout)
+                    item[key] = [str(self._existing(path, case["id"])) for path in case[key]]
+                else:
+                    item[key] = str(self._existing(case[key], case["id"]))
             if "class" in case:
                 item["class"] = case["class"]
             items.append(item)
@@ -160,6 +172,13 @@ def validate_content(content: dict, where: str) -> None:
         if not previous <= subset:
             raise ManifestError(f"{where}: fractions are not nested: {key} misses {sorted(previous - subset)[:5]}")
         previous = subset
+    channels = content.get("channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ManifestError(f"{where}: channels must be a positive integer, got {channels!r}")
+    for index, group in enumerate(content.get("near_duplicate_groups") or []):
+        unknown = [case_id for case_id in group if case_id not in seen]
+        if unknown:
+            raise ManifestError(f"{where}: near_duplicate_groups[{index}] names unknown case ids {unknown[:5]}")
     if content.get("label_map") is not None:
         values = set(content["label_map"].values())
         if not values <= {0, 1}:

@@ -28,6 +28,8 @@ instance normalisation would leave almost nothing to compare.
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,7 +53,7 @@ MIN_BATCH = 4  # the unbiased HSIC estimator needs n >= 4 per minibatch
 RSA_GRID = 4  # RSA features: each map average-pooled to RSA_GRID cells per spatial axis
 
 
-class CompareError(ValueError):
+class CompareError(MedtransferError, ValueError):
     """A network cannot be loaded or two networks cannot be compared; the message says why."""
 
 

@@ -7,6 +7,8 @@ the file: nested, seeded subsets of the training ids, so every study and every s
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import json
 import math
 import os
@@ -20,7 +22,7 @@ DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 REQUIRED_KEYS = ("name", "dimensions", "training", "validation", "test", "fractions")
 
 
-class ManifestError(ValueError):
+class ManifestError(MedtransferError, ValueError):
     """A manifest or one of its cases is unusable; the message names the file and the problem."""
 
 

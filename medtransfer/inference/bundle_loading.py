@@ -30,6 +30,8 @@ built from the run's recorded settings by medtransfer's builders, no config is e
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import json
 import logging
 import shutil
@@ -79,7 +81,7 @@ DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_OVERLAP = 0.25
 
 
-class BundleError(ValueError):
+class BundleError(MedtransferError, ValueError):
     """A bundle or run folder cannot be used (missing files, wrong checksum, unloadable weights)."""
 
 

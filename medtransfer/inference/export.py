@@ -11,6 +11,8 @@ exports are kept only if they give the same mask as the PyTorch model on a test 
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import importlib.metadata
 import json
 import logging
@@ -59,7 +61,7 @@ RESEARCH_ONLY = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(MedtransferError, ValueError):
     """A run cannot be exported (unfinished, missing files, or the exported bundle fails verification)."""
 
 

@@ -10,6 +10,8 @@ existing outputs are never overwritten unless asked.
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import copy
 import csv
 import io
@@ -51,7 +53,7 @@ ALL_SERIES = "all"
 _WARNING_LOGGERS = ("medtransfer.data.dicom", "medtransfer.inference.dicom_seg")
 
 
-class SegmentError(RuntimeError):
+class SegmentError(MedtransferError, RuntimeError):
     """`segment` cannot start (e.g. it would overwrite outputs); per-scan problems become failed rows instead."""
 
 

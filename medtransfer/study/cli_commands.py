@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run_study(args.study_file, study_dir=args.study_dir, data_root=args.data_root,
                         executor=args.executor, workers=args.workers, address=args.address,
                         allow_changed=args.allow_changed, progress=not args.no_progress, report=not args.no_report,
-                        preload=not args.no_preload)
+                        preload=not args.no_preload, trusted=args.trusted)
     counts = outcome["counts"]
     print(f"{outcome['study_dir']}: {counts['finished']} finished, {counts['failed']} failed, "
           f"{counts['skipped']} skipped ({outcome['already_finished']} were already finished); "
@@ -81,8 +81,11 @@ def register(commands) -> None:
     run.add_argument("--no-preload", action="store_true",
                      help="local executor: start every run as a fresh interpreter instead of forking it from a "
                           "server that has imported torch/MONAI once (~4 s less per run)")
-    run.add_argument("--no-progress", action="store_true", help="no progress lines")
-    run.add_argument("--no-report", action="store_true", help="train only; write the report later with `study report`")
+    run.add_argument("--trusted", action="store_true",
+                     help="allow settings that are MONAI expressions or references ($..., @..., %%...): they run as "
+                          "code in every run; only for a study file you wrote or have read")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="skip results.csv, summary.md and figures")
     run.set_defaults(handler=_run)
 
     report = sub.add_parser("report", help="re-render results.csv, summary.md and figures/ from finished runs")
@@ -100,14 +103,14 @@ def register(commands) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (`python -m medtransfer.study.cli_commands ...`) until cli.py wires `register`."""
-    from medtransfer.study.spec import StudyError
+    from medtransfer.errors import MedtransferError
 
     parser = argparse.ArgumentParser(prog="medtransfer")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except StudyError as error:
+    except MedtransferError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

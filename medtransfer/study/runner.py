@@ -26,6 +26,7 @@ from typing import Any, Callable
 from medtransfer.atomic import save_json, sha256_of
 from medtransfer.study.executors import execute_command, make_executor
 from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, parse_study
+from medtransfer.training.run_directory import LOCK_NAME, FolderLock
 
 logger = logging.getLogger("medtransfer.study")
 
@@ -89,7 +90,7 @@ def open_study_dir(spec: StudySpec, study_dir: str | Path, allow_changed: bool =
             "--allow-changed to adopt the new file here (runs whose configuration is unchanged keep their ids and "
             "results; the report then covers the new grid only)."
         )
-    if not previous and study_dir.is_dir() and any(study_dir.iterdir()):
+    if not previous and study_dir.is_dir() and any(p.name != LOCK_NAME for p in study_dir.iterdir()):
         raise StudyError(f"{study_dir} exists, is not empty and holds no {STUDY_RECORD}; choose an empty folder")
     study_dir.mkdir(parents=True, exist_ok=True)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -105,8 +106,28 @@ def open_study_dir(spec: StudySpec, study_dir: str | Path, allow_changed: bool =
         "created_at": (previous or {}).get("created_at", now),
         "updated_at": now,
         "history": history,
+        **({"trusted": True} if spec.trusted else {}),
     })
     return study_dir
+
+
+def lock_study_dir(study_dir: str | Path) -> FolderLock:
+    """The study folder's exclusive lock (held while a driver writes it); refuses a foreign non-empty folder
+    before putting a lock file into it."""
+    study_dir = Path(study_dir)
+    if study_dir.is_dir() and not (study_dir / STUDY_RECORD).exists() \
+            and any(p.name != LOCK_NAME for p in study_dir.iterdir()):
+        raise StudyError(f"{study_dir} exists, is not empty and holds no {STUDY_RECORD}; choose an empty folder")
+    return FolderLock(study_dir, "study folder").acquire()
+
+
+def check_inside(study_dir: Path, runs: list[Run]) -> None:
+    """Every run folder resolves inside the study folder (names are slugs; this is the second line of defence)."""
+    root = Path(study_dir).resolve()
+    for run in runs:
+        folder = run_dir(study_dir, run).resolve()
+        if root not in folder.parents:
+            raise StudyError(f"run {run.run_id!r} would be written to {folder}, outside the study folder {root}")
 
 
 def load_study_dir(study_dir: str | Path) -> StudySpec:
@@ -120,12 +141,14 @@ def load_study_dir(study_dir: str | Path) -> StudySpec:
     target = record["content"].get("data_manifest")
     root = data_roots.get(target) if target else None
     try:
-        return parse_study(record["content"], base=base, data_root=root, source_file=record.get("study_file"))
+        return parse_study(record["content"], base=base, data_root=root, source_file=record.get("study_file"),
+                           trusted=bool(record.get("trusted")))
     except StudyError:
         if root is not None:  # data moved or not mounted here: the report does not need it
             os.environ.setdefault("MEDTRANSFER_DATA", root)
         os.environ.setdefault("MEDTRANSFER_DATA", str(study_dir))
-        return parse_study(record["content"], base=base, data_root=None, source_file=record.get("study_file"))
+        return parse_study(record["content"], base=base, data_root=None, source_file=record.get("study_file"),
+                           trusted=bool(record.get("trusted")))
 
 
 # Status ---------------------------------------------------------------------------------------------------
@@ -194,6 +217,7 @@ class StudyRunner:
         self.command_factory = command_factory
         self.poll_seconds = poll_seconds
         self.runs = spec.expand()
+        check_inside(self.study_dir, self.runs)
         self.by_id = {run.run_id: run for run in self.runs}
         self.entries: dict[str, dict] = {}
         self.started = time.time()
@@ -307,14 +331,27 @@ class StudyRunner:
 def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_root: str | None = None,
               executor: str = "local", workers: int | None = None, address: str | None = None,
               allow_changed: bool = False, progress: bool = True, report: bool = True,
-              command_factory: Callable[..., list[str]] = bundle_command, preload: bool = True) -> dict[str, Any]:
+              command_factory: Callable[..., list[str]] = bundle_command, preload: bool = True,
+              trusted: bool = False) -> dict[str, Any]:
     """Validate, run what is not finished, write the report. Returns counts, seconds and the study folder.
 
-    `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters."""
+    `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters.
+    `trusted`: allow study settings that are MONAI expressions (they run as code in every run)."""
     from medtransfer.study.spec import load_study
 
-    spec = load_study(study_file, data_root=data_root)  # every input error surfaces here, before any training
+    spec = load_study(study_file, data_root=data_root, trusted=trusted)  # input errors surface here, before training
     study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
+    lock = lock_study_dir(study_dir)  # a second driver on this folder stops here
+    try:
+        return _run_locked(spec, study_dir, executor, workers, address, allow_changed, progress, report,
+                           command_factory, preload)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | None, address: str | None,
+                allow_changed: bool, progress: bool, report: bool, command_factory: Callable[..., list[str]],
+                preload: bool) -> dict[str, Any]:
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
     engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
     try:

@@ -36,6 +36,8 @@ changed configuration gives new ids and results of different configurations are 
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import hashlib
 import json
 import os
@@ -59,9 +61,14 @@ FINETUNE_KEYS = {"strategies", "fractions", "seeds", "settings"}
 RESERVED_SETTINGS = {"output_dir", "data_manifest", "data_root", "fraction", "seed", "strategy", "source_checkpoint",
                      "objective", "label_map", "bundle_root", "overwrite"}
 NO_SOURCE = "none"
+# Study and stage names become folder names: plain slugs only (no "/", no leading "." or "-", no "..").
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# A string starting with one of these is MONAI config syntax (expression, reference, macro) once it reaches
+# `monai.bundle run` as an override: study files are data, so such values need `--trusted`.
+CONFIG_SYNTAX = ("$", "@", "%")
 
 
-class StudyError(ValueError):
+class StudyError(MedtransferError, ValueError):
     """The study file (or the study folder) cannot be used as given; raised before any training starts."""
 
 
@@ -133,6 +140,7 @@ class StudySpec:
     source_file: str | None = None
     manifests: dict[str, ManifestInfo] = field(default_factory=dict)
     analysis: dict = field(default_factory=dict)
+    trusted: bool = False  # settings may hold MONAI expressions (`study run --trusted`)
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
@@ -242,7 +250,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _resolve_bundle(content: dict, base: Path) -> Path:
-    bundle = content.get("bundle") or f"binary_seg_{int(content.get('spatial_dims', 2))}d"
+    bundle = content.get("bundle") or f"binary_seg_{_number(content.get('spatial_dims', 2), 'spatial_dims', int)}d"
     candidates = [Path(bundle)] if Path(bundle).is_absolute() else [base / bundle, Path.cwd() / bundle,
                                                                        registry.bundles_dir() / bundle]
     for candidate in candidates:
@@ -280,7 +288,65 @@ def _open_manifest_info(name: str, data_root: str | None, spatial_dims: int, bas
     return ManifestInfo(content["name"], Path(path).resolve(), content, digest, data_root)
 
 
+def config_syntax(value: Any, where: str) -> list[str]:
+    """`where = value` for every string in `value` (nested lists/dicts too) that MONAI would not read as data."""
+    if isinstance(value, str):
+        return [f"{where} = {value!r}"] if value.startswith(CONFIG_SYNTAX) else []
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += config_syntax(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found += config_syntax(item, f"{where}[{index}]")
+    return found
+
+
+def _refuse_config_syntax(value: Any, where: str, trusted: bool) -> None:
+    found = [] if trusted else config_syntax(value, where)
+    _require(not found, f"{found[0] if found else ''}: a value starting with $, @ or % is a MONAI expression or "
+                        "reference that `monai.bundle run` would execute; study files are data. Write the literal value, "
+                        "or pass `medtransfer study run --trusted` for a study file you wrote or have read")
+
+
+def _check_name(name: Any, where: str) -> str:
+    text = str(name)
+    _require(isinstance(name, (str, int)) and NAME_PATTERN.match(text) is not None and ".." not in text,
+             f"{where}: {text!r} is not a plain name; use letters, digits, '_', '-' and '.' (it becomes a folder name, "
+             "so no '/', no '..' and no leading '.' or '-')")
+    return text
+
+
+def _number(value: Any, where: str, kind: type = float):
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise StudyError(f"{where}: {value!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def _numbers(value: Any, where: str, kind: type = float) -> list:
+    _require(value is None or isinstance(value, list), f"{where}: must be a list, got {value!r}")
+    return [_number(item, f"{where}[{index}]", kind) for index, item in enumerate(value or [])]
+
+
+def _check_label_map(label_map: Any, where: str) -> dict | None:
+    """None, or {source value: 0 or 1} with at least one value mapped to 1 (else there is nothing to segment)."""
+    if label_map is None:
+        return None
+    _require(isinstance(label_map, dict) and label_map,
+             f"{where}: must be a mapping of label values onto 0 or 1, e.g. {{1: 1, 2: 1}}, got {label_map!r}")
+    for key, value in label_map.items():
+        _require(not isinstance(value, bool) and value in (0, 1) and str(key).lstrip("-").isdigit(),
+                 f"{where}: {key!r}: {value!r} is not an integer label value mapped onto 0 or 1")
+    _require(1 in label_map.values(), f"{where}: maps every label value to 0 (background): nothing would be "
+                                      "segmented; map at least one value to 1")
+    return label_map
+
+
 def _check_settings(settings: Any, where: str, bundle_keys: set[str]) -> dict:
+    _require(settings is None or isinstance(settings, dict), f"{where}: must be a mapping of bundle keys")
     settings = dict(settings or {})
     for key in settings:
         _require(key not in RESERVED_SETTINGS, f"{where}: {key!r} is set by the study itself, not in settings")
@@ -290,6 +356,8 @@ def _check_settings(settings: Any, where: str, bundle_keys: set[str]) -> dict:
 
 def _check_fractions(fractions: list[float], info: ManifestInfo, where: str) -> None:
     for fraction in fractions:
+        _require(0 < fraction <= 1, f"{where}: fraction {fraction} is outside (0, 1]; a fraction of the training "
+                                    f"cases, one of {', '.join(sorted(info.content['fractions'], key=float))}")
         key = _fraction_text(fraction)
         _require(key in info.content["fractions"],
                  f"{where}: fraction {fraction} is not in manifest {info.name!r}; available: "
@@ -307,7 +375,7 @@ def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractio
     unknown = set(raw) - ANALYSIS_KEYS
     _require(not unknown, f"analysis: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
                           f"{', '.join(sorted(ANALYSIS_KEYS))}")
-    analysis = {"cka": bool(raw.get("cka", False)), "cka_images": int(raw.get("cka_images", 32)),
+    analysis = {"cka": bool(raw.get("cka", False)), "cka_images": _number(raw.get("cka_images", 32), "analysis.cka_images", int),
                 "cka_layers": str(raw.get("cka_layers", "all")), "cka_mode": str(raw.get("cka_mode", "flatten"))}
     _require(analysis["cka_layers"] in ("encoder", "decoder", "all"),
              f"analysis.cka_layers: one of encoder, decoder, all, not {analysis['cka_layers']!r}")
@@ -325,15 +393,18 @@ def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractio
         _require(strategy in STRATEGIES and STRATEGIES[strategy].load,
                  f"analysis.transferability.strategy: {strategy!r} must be a strategy that loads pretrained weights "
                  f"({', '.join(n for n, s in STRATEGIES.items() if s.load)})")
-        fraction = float(settings.get("fraction") or (min(fractions) if fractions else 1.0))
+        fraction = _number(settings.get("fraction") or (min(fractions) if fractions else 1.0),
+                           "analysis.transferability.fraction")
         _check_fractions([fraction], target, "analysis.transferability")
         analysis["transferability"] = {"strategy": strategy, "fraction": fraction}
     return analysis
 
 
 def parse_study(content: dict, base: str | Path = ".", data_root: str | None = None,
-                source_file: str | None = None) -> StudySpec:
-    """Validate a study's content; `data_root` (from the command line) binds the target manifest's data."""
+                source_file: str | None = None, trusted: bool = False) -> StudySpec:
+    """Validate a study's content; `data_root` (from the command line) binds the target manifest's data.
+
+    Unless `trusted`, no value that reaches `monai.bundle run` may be config syntax ($, @, %)."""
     from medtransfer.pretraining import OBJECTIVES
     from medtransfer.transfer import STRATEGIES
 
@@ -342,17 +413,19 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     unknown = set(content) - TOP_KEYS
     _require(not unknown, f"unknown study key(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
     _require(bool(content.get("name")), "the study needs a `name`")
+    _check_name(content["name"], "name")
     bundle_root = _resolve_bundle(content, base)
     train = yaml.safe_load(registry.train_config(bundle_root).read_text())
     spatial_dims = int(train.get("spatial_dims", content.get("spatial_dims", 2)))
     if "spatial_dims" in content:
-        _require(int(content["spatial_dims"]) == spatial_dims,
+        _require(_number(content["spatial_dims"], "spatial_dims", int) == spatial_dims,
                  f"spatial_dims {content['spatial_dims']} does not match bundle {bundle_root.name} ({spatial_dims}D)")
     bundle_keys = set(train)
     for objective in registry.pretrain_objectives(bundle_root):
         path = registry.pretrain_overlay(bundle_root, objective)
         bundle_keys |= {k for k in (yaml.safe_load(path.read_text()) or {}) if "#" not in k and not k.startswith("+")}
     settings = _check_settings(content.get("settings"), "settings", bundle_keys)
+    _refuse_config_syntax(settings, "settings", trusted)
 
     manifests: dict[str, ManifestInfo] = {}
     target_name = str(content.get("data_manifest") or train.get("data_manifest"))
@@ -373,19 +446,20 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         if source not in manifests:
             root = raw.get("data_root") or (data_root if source == target_name else None)
             manifests[source] = _open_manifest_info(source, root, spatial_dims, base)
-        fraction = float(raw.get("fraction", 1.0))
+        fraction = _number(raw.get("fraction", 1.0), f"{where}.fraction")
         _check_fractions([fraction], manifests[source], where)
         stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
+        _refuse_config_syntax(stage_settings, f"{where}.settings", trusted)
         objective_config = yaml.safe_load(registry.pretrain_overlay(bundle_root, objective).read_text())
         resolved = {**train, **objective_config, **settings, **stage_settings}
         max_epochs = int(resolved["max_epochs"])
         stage = {
             "objective": objective,
-            "name": str(raw.get("name") or objective),
+            "name": _check_name(raw.get("name") or objective, f"{where}.name"),
             "data_manifest": source,
             "fraction": fraction,
-            "seed": int(raw.get("seed", 0)),
-            "label_map": raw.get("label_map"),
+            "seed": _number(raw.get("seed", 0), f"{where}.seed", int),
+            "label_map": _check_label_map(raw.get("label_map"), f"{where}.label_map"),
             "settings": stage_settings,
             "max_epochs": max_epochs,  # where pretrained.pt comes from
             "checkpoint_epochs": sorted({int(e) for e in resolved.get("checkpoint_epochs") or [] if int(e) <= max_epochs}
@@ -400,15 +474,16 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     _require(isinstance(finetune, dict), "finetune: must be a mapping")
     unknown = set(finetune) - FINETUNE_KEYS
     _require(not unknown, f"finetune: unknown key(s) {', '.join(sorted(unknown))}")
+    _require(isinstance(finetune.get("strategies") or [], list), "finetune.strategies: must be a list")
     strategies = [str(s) for s in finetune.get("strategies") or []]
     for strategy in strategies:
         _require(strategy in STRATEGIES, f"finetune: unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
         _require(strategy in registry.transfer_strategies(bundle_root),
                  f"finetune: bundle {bundle_root.name} has no {registry.TRANSFER_DIR}/{strategy}.yaml")
     _require(len(set(strategies)) == len(strategies), "finetune: a strategy is listed twice")
-    fractions = [float(f) for f in finetune.get("fractions") or []]
+    fractions = _numbers(finetune.get("fractions"), "finetune.fractions")
     _check_fractions(fractions, target, "finetune")
-    seeds = [int(s) for s in finetune.get("seeds") or []]
+    seeds = _numbers(finetune.get("seeds"), "finetune.seeds", int)
     analysis = _check_analysis(content.get("analysis"), stages, strategies, fractions, target)
     needs_source = [s for s in strategies if STRATEGIES[s].load]
     _require(not needs_source or stages,
@@ -428,22 +503,29 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         source_file=source_file,
         manifests=manifests,
         analysis=analysis,
+        trusted=trusted,
     )
-    _require(any(run.kind == "finetune" for run in spec.expand()),
+    runs = spec.expand()
+    _require(any(run.kind == "finetune" for run in runs),
              "the grid produces zero fine-tuning runs: give finetune.strategies, fractions and seeds")
+    for run in runs:  # everything a run passes to `monai.bundle run` (paths, label maps, settings)
+        _refuse_config_syntax(run.args, f"run {run.run_id}", trusted)
     return spec
 
 
-def load_study(path: str | Path, data_root: str | None = None) -> StudySpec:
+def load_study(path: str | Path, data_root: str | None = None, trusted: bool = False) -> StudySpec:
     """Read and validate a study file; every error is a StudyError raised before any training."""
     path = Path(path)
     _require(path.is_file(), f"study file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_bytes())
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML: {error}") from None
+    except OSError as error:
+        raise StudyError(f"{path}: cannot read the study file ({error.strerror or error})") from None
     try:
-        return parse_study(content, base=path.parent, data_root=data_root, source_file=str(path.resolve()))
+        return parse_study(content, base=path.parent, data_root=data_root, source_file=str(path.resolve()),
+                           trusted=trusted)
     except StudyError as error:
         raise StudyError(f"{path}: {error}") from None
 

@@ -242,8 +242,17 @@ def compare_cells(cells: dict[tuple, dict], baseline: str = "scratch", pairs: It
                        f"{', '.join(sorted({c[1] for c in cells}))}")
     for name, reference_name in pairs:
         references = _resolve_arm(reference_name, cells)
-        for objective, strategy in _resolve_arm(name, cells):
-            matches = [r for r in references if r[0] == objective] or references
+        arms = _resolve_arm(name, cells)
+        for objective, strategy in arms:
+            matches = [r for r in references if r[0] == objective]
+            # another objective's reference only when named explicitly, or when it lives where the compared
+            # strategy does not (a strategy that loads nothing, e.g. random_encoder_frozen under `none`)
+            if not matches and ("/" in reference_name or not {r[0] for r in references} & {a[0] for a in arms}):
+                matches = references
+            if not matches:
+                skipped.append(f"{reference_name} has no results under {objective}: "
+                               f"{arm_name(objective, strategy)} not compared with it")
+                continue
             if len(matches) != 1:
                 raise StatisticsError(f"comparison {name} vs {reference_name}: {reference_name!r} is ambiguous for "
                                       f"{arm_name(objective, strategy)}; name it as objective/strategy")
@@ -340,3 +349,44 @@ def analyse_table(rows: list[dict], baseline: str = "scratch", pairs: Iterable[t
         notes.append(f"{TOO_FEW_SEEDS}: the table has {len(seeds)} seed(s), a seed-level test needs ≥ {MIN_SEEDS}; "
                      f"estimates only (no CI, no p)")
     return {**result, "notes": notes, "unit": "volume" if any(row.get("volume") for row in rows) else "case"}
+
+
+# Simulation (calibration) -----------------------------------------------------------------------------------
+def simulated_results(rng: np.random.Generator, n_cases: int = 20, n_seeds: int = 3, run_sd: float = 0.0,
+                      effect: float = 0.0, case_sd: float = 0.10, noise_sd: float = 0.05, shared_seed_sd: float = 0.02,
+                      interaction_sd: float = 0.0, fraction: float = 0.1, base: float = 0.75) -> list[dict]:
+    """A tidy results table of one simulated study: `scratch` and `encoder` at one fraction, `n_seeds` × `n_cases`.
+
+    Dice = base + case difficulty (sd `case_sd`, shared by both arms) + seed effect shared by both arms of a seed
+    (sd `shared_seed_sd`: the same fraction subset) + run offset per arm and seed (sd `run_sd`) + noise per
+    (arm, case, seed) (sd `noise_sd`) + `effect` for `encoder` + a per-case strategy effect (sd `interaction_sd`,
+    drawn per study: a population-level null with a non-zero mean effect on this test set)."""
+    case = rng.normal(0.0, case_sd, n_cases)
+    interaction = rng.normal(0.0, interaction_sd, n_cases) if interaction_sd else np.zeros(n_cases)
+    rows = []
+    for seed in range(n_seeds):
+        shared = rng.normal(0.0, shared_seed_sd)
+        for strategy, shift in (("scratch", np.zeros(n_cases)), ("encoder", effect + interaction)):
+            offset = rng.normal(0.0, run_sd) if run_sd else 0.0
+            dice = base + case + shared + offset + shift + rng.normal(0.0, noise_sd, n_cases)
+            rows += [{"objective": "", "strategy": strategy, "fraction": fraction, "seed": seed, "case": f"c{i:03d}",
+                      "volume": "", "dice": float(d)} for i, d in enumerate(dice)]
+    return rows
+
+
+def rejection_rates(rng: np.random.Generator, n_studies: int, alpha: float = 0.05, **setting) -> dict[str, Any]:
+    """Share of `n_studies` simulated studies (`simulated_results(**setting)`) in which the old test (paired
+    Wilcoxon over (case, seed) pairs) and the new one (paired t-test over seeds) give p < alpha; `new` is None
+    where the new method gives no p (fewer than MIN_SEEDS seeds)."""
+    old = new = tested = 0
+    for _ in range(n_studies):
+        cells = unit_observations(simulated_results(rng, **setting))
+        arm, baseline = cells[("", "encoder", setting.get("fraction", 0.1))], cells[("", "scratch",
+                                                                                     setting.get("fraction", 0.1))]
+        p_old = paired_wilcoxon(arm, baseline)["p"]
+        p_new = paired_over_seeds(arm, baseline)["p"]
+        old += p_old is not None and p_old < alpha
+        if p_new is not None:
+            tested += 1
+            new += p_new < alpha
+    return {"old": old / n_studies, "new": new / tested if tested else None, "n_studies": n_studies}

@@ -142,7 +142,8 @@ def cell_summary(observations: dict[tuple, float], level: float = LEVEL) -> dict
     within = [np.std([v for (u, s), v in observations.items() if s == seed and _finite(v)], ddof=1)
               for seed in means if sum(1 for (u, s), v in observations.items() if s == seed and _finite(v)) > 1]
     out = {"n_seeds": len(means), "n_units": len(units), "mean": stats["mean"], "sd_seeds": stats["sd"],
-           "sd_cases": float(np.mean(within)) if within else None, "ci_low": None, "ci_high": None}
+           "sd_cases": float(np.mean(within)) if within else None, "ci_low": None, "ci_high": None,
+           "seed_means": means}
     if len(means) >= MIN_SEEDS:
         out.update(ci_low=stats["ci_low"], ci_high=stats["ci_high"])
     return out

@@ -76,3 +76,25 @@ def test_two_seeds_give_an_estimate_but_no_interval_or_p():
     assert test["estimate"] == pytest.approx(0.05) and test["p"] is None and test["ci_low"] is None
     assert "too few seeds for a seed-level test" in test["method"] and test["p_holm"] is None
     assert all(r["ci_low"] is None for r in result["table"]) and not math.isnan(result["table"][0]["mean"])
+
+
+def test_study_file_names_extra_comparisons(tmp_path, medtransfer_home):
+    from medtransfer.study.spec import StudyError, parse_study
+    from tests.study.conftest import tiny_study
+
+    spec = parse_study(tiny_study(comparisons=[["encoder", "decoder"], ["reconstruction/decoder", "scratch"]]), tmp_path)
+    assert spec.comparisons == [("encoder", "decoder"), ("reconstruction/decoder", "scratch")]
+    for bad, message in (([["encoder", "full"]], "'full' is not an arm of this study"),
+                         ([["conrec/encoder", "scratch"]], "'conrec/encoder' is not an arm"),
+                         ([["encoder"]], "expected \\[arm, reference\\]"), ("encoder", "must be a list")):
+        with pytest.raises(StudyError, match=message):
+            parse_study(tiny_study(comparisons=bad), tmp_path)
+    wobble = {"scratch": (0, 0, 0), "encoder": (0, 0.01, 0.02), "decoder": (0.01, 0, 0.005)}  # run offsets
+    rows = [{**_row(strategy, f"c{i}", "", seed, 0.5 + 0.01 * i + gain + wobble[strategy][seed]),
+             "objective": "none" if strategy == "scratch" else "reconstruction"}
+            for strategy, gain in (("scratch", 0), ("encoder", 0.1), ("decoder", 0.02)) for seed in range(3)
+            for i in range(4)]
+    tests = analyse(rows, {}, spec.comparisons)["tests"]
+    named = next(t for t in tests if t["baseline"] == "decoder")
+    assert named["strategy"] == "encoder" and named["estimate"] == pytest.approx(0.085) and named["p"] is not None
+    assert len(tests) == 3 and all(t["p_holm"] >= t["p"] for t in tests)  # decoder vs scratch is not repeated

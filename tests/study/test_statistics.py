@@ -98,3 +98,22 @@ def test_study_file_names_extra_comparisons(tmp_path, medtransfer_home):
     named = next(t for t in tests if t["baseline"] == "decoder")
     assert named["strategy"] == "encoder" and named["estimate"] == pytest.approx(0.085) and named["p"] is not None
     assert len(tests) == 3 and all(t["p_holm"] >= t["p"] for t in tests)  # decoder vs scratch is not repeated
+
+
+def test_the_demo_study_report_says_it_has_too_few_seeds(medtransfer_home):
+    """studies/demo.yaml keeps its 2 seeds: its summary must say so instead of printing p-values."""
+    from pathlib import Path
+
+    from medtransfer.study.report import summary_markdown
+    from medtransfer.study.spec import load_study
+
+    spec = load_study(Path(__file__).resolve().parents[2] / "studies" / "demo.yaml")
+    assert spec.seeds == [0, 1]
+    rows = [{"objective": run.objective, "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
+             "case": f"c{i}", "volume": "", "checkpoint_epoch": "" if run.checkpoint_epoch is None else 1,
+             "dice": 0.7 + 0.01 * i + (0.02 if run.strategy == "encoder" else 0) + 0.01 * run.seed}
+            for run in spec.expand() if run.kind == "finetune" for i in range(12)]
+    text = summary_markdown(spec, analyse(rows, {}), [], len(spec.expand()), [], 0.0)
+    assert "**This study has 2 seeds: too few seeds for a seed-level test**" in text
+    assert "no confidence intervals and no p-values" in text and "Holm over the 0 comparisons" in text
+    assert "| conrec | encoder | 0.1 | scratch | 2 | 0.020 | – | – | – |" in text

@@ -33,8 +33,8 @@ def _stats(args: argparse.Namespace) -> int:
     analysis = analyse_table(rows, baseline=args.baseline, pairs=pairs)
     comparisons = analysis["comparisons"]
     write_csv(target, comparisons, columns=COMPARISON_COLUMNS)
-    print(f"{results}: {len(rows)} rows, unit of observation: {analysis['unit']} (slices of a volume averaged first); "
-          f"unit of replication: seed")
+    unit = "volume (its slices' Dice averaged first)" if analysis["unit"] == "volume" else "case"
+    print(f"{results}: {len(rows)} rows; unit of observation: {unit}; unit of replication: seed")
     header = ("objective", "strategy", "fraction", "baseline", "seeds", "estimate", "95% CI", "p", "p_holm")
     table = [header] + [(c["objective"] or "–", c["strategy"], f"{c['fraction']:g}", c["baseline"], str(c["n_seeds"]),
                          _number(c["estimate"]),

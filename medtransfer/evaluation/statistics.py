@@ -173,7 +173,7 @@ def paired_over_seeds(arm: dict[tuple, float], baseline: dict[tuple, float], lev
     elif diffs.size < MIN_SEEDS:
         out["method"] = (f"estimate only: {TOO_FEW_SEEDS} ({diffs.size} shared seed{'s' if diffs.size > 1 else ''}; "
                          f"needs ≥ {MIN_SEEDS})")
-    elif float(diffs.std()) == 0.0:
+    elif float(diffs.std()) <= 1e-12 * max(1.0, float(np.abs(diffs).max())):  # t undefined (rounding aside)
         out["method"] = f"estimate only: the {diffs.size} per-seed differences are identical (no between-seed variation)"
     else:
         result = stats.ttest_1samp(diffs, 0.0)
@@ -317,7 +317,8 @@ def read_results_table(path: str | Path) -> list[dict]:
         seed = row["seed"]
         rows.append({"objective": row.get("objective", ""), "strategy": row["strategy"], "fraction": fraction,
                      "seed": int(seed) if seed.lstrip("-").isdigit() else seed, "case": row["case"],
-                     "volume": row.get("volume", ""), "dice": dice})
+                     "volume": row.get("volume", ""), "dice": dice,
+                     "checkpoint_epoch": row.get("checkpoint_epoch", "")})  # a study's results.csv
     if bad_fraction:
         raise StatisticsError(f"{path}: {len(bad_fraction)} row(s) with a non-numeric fraction: "
                               + "; ".join(bad_fraction[:5]) + (" …" if len(bad_fraction) > 5 else ""))
@@ -327,24 +328,33 @@ def read_results_table(path: str | Path) -> list[dict]:
                               + (" …" if len(bad_dice) > 5 else ""))
     counts: dict[tuple, int] = defaultdict(int)
     for row in rows:
-        counts[(row["objective"], row["strategy"], row["fraction"], row["seed"], row["case"])] += 1
+        counts[(row["objective"], row["strategy"], row["fraction"], row["seed"], row["case"],
+                row["checkpoint_epoch"])] += 1
     duplicates = [key for key, n in counts.items() if n > 1]
     if duplicates:
-        shown = "; ".join(f"{arm_name(o, s)} fraction {f:g} seed {seed} case {c} (×{counts[(o, s, f, seed, c)]})"
-                          for o, s, f, seed, c in duplicates[:5])
+        shown = "; ".join(f"{arm_name(o, s)} fraction {f:g} seed {seed} case {c} (×{counts[(o, s, f, seed, c, e)]})"
+                          for o, s, f, seed, c, e in duplicates[:5])
         raise StatisticsError(f"{path}: {len(duplicates)} duplicate (strategy, fraction, seed, case) row(s): {shown}"
                               + (" …" if len(duplicates) > 5 else ""))
     return rows
 
 
 def analyse_table(rows: list[dict], baseline: str = "scratch", pairs: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    """`medtransfer stats`: the study report's comparisons on a tidy table (rows as from read_results_table)."""
+    """`medtransfer stats`: the study report's comparisons on a tidy table (rows as from read_results_table);
+    rows of a study's checkpoint fine-tunes (`checkpoint_epoch` set) are left out, as in the study report."""
+    from_checkpoints = sum(1 for row in rows if row.get("checkpoint_epoch") not in (None, ""))
+    rows = [row for row in rows if row.get("checkpoint_epoch") in (None, "")]
+    if not rows:
+        raise StatisticsError("no rows left: every row is a checkpoint fine-tune (checkpoint_epoch set)")
     cells = unit_observations(rows)
     if not any(c[1] == baseline for c in cells):
         raise StatisticsError(f"baseline {baseline!r} is not in the table; strategies: "
                               f"{', '.join(sorted({c[1] for c in cells}))} (choose one with --baseline)")
     result = compare_cells(cells, baseline, pairs)
     notes = list(result["skipped"])
+    if from_checkpoints:
+        notes.append(f"{from_checkpoints} row(s) of checkpoint fine-tunes (checkpoint_epoch set) left out, as in "
+                     f"the study report")
     seeds = {row["seed"] for row in rows}
     if len(seeds) < MIN_SEEDS:
         notes.append(f"{TOO_FEW_SEEDS}: the table has {len(seeds)} seed(s), a seed-level test needs ≥ {MIN_SEEDS}; "

@@ -241,8 +241,11 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
             lines.append(f"| {t['objective']} | {t['strategy']} | {t['fraction']:g} | {t['baseline']} | {t['n_seeds']} | "
                          f"{_f(t['estimate'])} | {interval} | {_p(t['p'])} | {_p(t.get('p_holm'))} | {per_seed} | "
                          f"{mark} |")
-        lines += ["", "\\* Holm-adjusted p < 0.05." if not too_few else
-                  f"p: – everywhere, {TOO_FEW_SEEDS} (estimates only)."]
+        untested = sorted({t["method"] for t in analysis["tests"] if t["p"] is None})
+        lines += [""]
+        if any(t["p"] is not None for t in analysis["tests"]):
+            lines.append("\\* Holm-adjusted p < 0.05.")
+        lines += [f"- no p-value: {reason}" for reason in untested]
     else:
         lines.append(f"No comparisons: `{BASELINE}` or the other strategies have no finished runs.")
     lines += [f"- {message}" for message in analysis.get("skipped") or []]

@@ -182,3 +182,13 @@ def test_baseline_absent_at_a_fraction_and_a_single_seed_give_no_misleading_numb
     assert all(r["p"] == "" and r["ci_low"] == "" and r["p_holm"] == "" for r in written)
     assert float(written[0]["estimate"]) == pytest.approx(0.05)
     assert "too few seeds for a seed-level test (1 shared seed; needs ≥ 3)" in written[0]["method"]
+
+
+def test_a_study_results_csv_leaves_checkpoint_fine_tunes_out(tmp_path, capsys):
+    rows = [{**r, "checkpoint_epoch": ""} for r in _table(fractions=(0.1,))]
+    rows += [{**r, "checkpoint_epoch": 10, "dice": 0.0} for r in rows if r["strategy"] == "encoder"]
+    path = _write(tmp_path / "results.csv", rows, ("strategy", "fraction", "seed", "case", "dice", "checkpoint_epoch"))
+    assert cli.main(["stats", str(path)]) == 0
+    assert "18 row(s) of checkpoint fine-tunes (checkpoint_epoch set) left out" in capsys.readouterr().out
+    written = list(csv.DictReader(open(tmp_path / "comparisons.csv")))
+    assert float(written[0]["estimate"]) == pytest.approx(0.06)  # the zero-Dice checkpoint rows are not in it

@@ -15,13 +15,15 @@ over seeds. Seeds are paired because the same seed gives both arms the same frac
 initialisation of the parts that are not transferred. The t-test is exact when the per-seed differences are
 normal (they are means over many cases, plus a run offset), whatever the case heterogeneity: additive case
 difficulty cancels in the pairing and the case-to-case noise is inside each per-seed mean. The simulation in
-`benchmarks/statistics_calibration.py` measures its false-positive rate at 4.5–5.7 % at run sd 0, 0.01 and 0.03
-with 3 and 5 seeds (2000 simulated studies per setting). Scope: the test set is the one the study measured (the question is "would new training
-runs of this strategy beat new runs of the baseline on this test set"); a strategy effect that differs from case
-to case is part of the estimand, not noise. A crossed mixed model (statsmodels MixedLM with variance components
-for case and seed) would also treat the cases as a sample, but with 3–5 seeds its Wald test uses a normal
-reference (z = 1.96) for a mean whose variance rests on 3–5 seed levels (t quantile 4.30 for 3 seeds), so it
-rejects too often exactly where studies live; the per-seed t-test has the right reference distribution.
+`benchmarks/statistics_calibration.py` measures its false-positive rate at 4.5–5.7 % at run sd 0, 0.01 and
+0.03 with 3 and 5 seeds (2000 simulated studies per setting). Scope: the test set is the one the study measured
+(the question is "would new training runs of this strategy beat new runs of the baseline on this test set"); a
+strategy effect that differs from case to case is part of the estimand (with a per-case effect of sd 0.02 whose
+population mean is 0, the benchmark measures 5.3 %: at study sizes it is small next to the run variance).
+Not chosen: a crossed mixed model (statsmodels MixedLM with variance components for case and seed) reports a
+Wald z-test (reference 1.96) for a mean whose variance rests on 3–5 seed levels (t quantile 4.30 for 3 seeds),
+which is anti-conservative by construction when the seed variance dominates; a cluster bootstrap over 3–5 seeds
+has too few clusters to resample. The per-seed t-test has the exact reference distribution.
 
 With fewer than `MIN_SEEDS` seeds no p-value and no interval are given (`TOO_FEW_SEEDS`): with two seeds the
 between-run variance rests on one degree of freedom (the t quantile is 12.7), so any interval is either useless

@@ -122,23 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_bundle_verify)
 
     from medtransfer.analysis.cli_commands import register as register_analyze
+    from medtransfer.evaluation.cli_commands import register as register_stats
     from medtransfer.inference.cli_commands import register as register_inference
     from medtransfer.study.cli_commands import register as register_study
 
     register_inference(commands)
     register_study(commands)
     register_analyze(commands)
+    register_stats(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medtransfer.data.manifest import ManifestError
+    from medtransfer.evaluation.statistics import StatisticsError
     from medtransfer.study.spec import StudyError
 
     try:
         return args.handler(args)
-    except (ManifestError, StudyError) as error:
+    except (ManifestError, StudyError, StatisticsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

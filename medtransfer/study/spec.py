@@ -27,6 +27,9 @@ A study file is YAML::
       transferability:              # score every checkpoint of every pretraining run on the target, and
         strategy: encoder           # fine-tune from each checkpoint (this strategy and fraction, every seed)
         fraction: 0.1               # to correlate the score with the Dice it reaches (Spearman)
+    comparisons:                    # optional pairs [arm, reference] besides "each strategy vs scratch"; an arm is
+      - [encoder, encoder_frozen]   # a strategy (compared within each pretraining stage) or stage/strategy
+      - [conrec/encoder, supervised/encoder]
 
 Strategies that load nothing (scratch, random_encoder_frozen) do not depend on a pretraining stage: they
 run once per fraction × seed (objective "none"). Every run id ends with 8 hex digits hashing the run's full
@@ -52,7 +55,7 @@ import yaml
 from medtransfer import registry
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
-            "finetune", "analysis"}
+            "finetune", "analysis", "comparisons"}
 ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
 STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings"}
@@ -141,6 +144,7 @@ class StudySpec:
     manifests: dict[str, ManifestInfo] = field(default_factory=dict)
     analysis: dict = field(default_factory=dict)
     trusted: bool = False  # settings may hold MONAI expressions (`study run --trusted`)
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (arm, reference arm), report statistics
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
@@ -400,6 +404,25 @@ def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractio
     return analysis
 
 
+def _check_comparisons(raw: Any, stages: list[dict], strategies: list[str]) -> list[tuple[str, str]]:
+    """`comparisons`: [[arm, reference], ...]; an arm is a strategy of the grid or `stage/strategy`."""
+    if raw is None:
+        return []
+    _require(isinstance(raw, list), "comparisons: must be a list of [arm, reference] pairs")
+    names = {stage["name"] for stage in stages} | {NO_SOURCE}
+    pairs = []
+    for index, pair in enumerate(raw):
+        _require(isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(a, str) for a in pair)
+                 and pair[0] != pair[1], f"comparisons[{index}]: expected [arm, reference], two different names")
+        for arm in pair:
+            stage, _, strategy = arm.rpartition("/")
+            _require(strategy in strategies and (not stage or stage in names),
+                     f"comparisons[{index}]: {arm!r} is not an arm of this study (a strategy of finetune.strategies, "
+                     f"optionally as stage/strategy with a stage of: {', '.join(sorted(names))})")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
 def parse_study(content: dict, base: str | Path = ".", data_root: str | None = None,
                 source_file: str | None = None, trusted: bool = False) -> StudySpec:
     """Validate a study's content; `data_root` (from the command line) binds the target manifest's data.
@@ -504,6 +527,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         manifests=manifests,
         analysis=analysis,
         trusted=trusted,
+        comparisons=_check_comparisons(content.get("comparisons"), stages, strategies),
     )
     runs = spec.expand()
     _require(any(run.kind == "finetune" for run in runs),

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtransfer.inference.config_expressions import check_config_expressions
+
 SCHEMA_PATH = Path(__file__).with_name("meta_schema.json")
 REQUIRED_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
 # Voxels where the PyTorch model's two best logits are closer than this are numerical ties, not disagreements.
@@ -253,6 +255,8 @@ def verify_bundle(bundle: str | Path, trusted: bool = False) -> dict:
     steps: dict[str, Callable] = {
         "verify_metadata": lambda: verify_metadata_offline(bundle / "configs" / "metadata.json"),
         "verify_net_in_out": lambda: verify_network(bundle, trusted),
+        # every $ expression / _target_ / non-plain @ in any config file, against the project's allow-list
+        "config_expressions": lambda: check_config_expressions(bundle),
     }
     if (bundle / "models" / "model.pt").exists():
         steps.update(_weights_checks(bundle, trusted))

@@ -226,6 +226,9 @@ class RunDirectory:
         from medtransfer.training.distributed import is_main_process
 
         if is_main_process():  # one writer per folder: rank 0 of a DDP run, never two runs at once
+            from medtransfer.training.command_line import check_command_line
+
+            check_command_line()  # `--max_epoch 1` is an error, not a 30-epoch run
             self._lock = FolderLock(self.path, "run folder").acquire()
         record = read_run_record(self.path)
         if record and record.get("status") == "finished":

@@ -15,7 +15,12 @@ def _data_manifest(args: argparse.Namespace) -> int:
     if output.exists() and not args.force:
         print(f"error: {output} exists; pass --force to replace it", file=sys.stderr)
         return 2
-    label_map = dict(pair.split(":") for pair in args.label_map.split(",")) if args.label_map else None
+    try:  # "1:1,2:1": integer label values onto 0/1
+        label_map = {int(k): int(v) for k, v in (pair.split(":") for pair in args.label_map.split(","))} \
+            if args.label_map else None
+    except ValueError:
+        print(f"error: --label-map {args.label_map!r}: give VALUE:0|1 pairs, e.g. 1:1,2:1", file=sys.stderr)
+        return 2
     content = build_manifest(
         args.folder,
         name=args.name,

@@ -47,13 +47,18 @@ def detect_dimensions(path: Path) -> int:
 
 def split_ids(ids: list[str], test_fraction: float, validation_fraction: float, seed: int, ordered: bool):
     """(training, validation, test). `ordered` keeps file order (test = last cases) for serial sections."""
+    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
+        if not 0 <= value < 1:  # NaN fails too
+            raise ManifestError(f"{name} {value} is outside [0, 1): the share of the cases held out, e.g. 0.2")
     order = sorted(ids)
     if not ordered:
         random.Random(seed).shuffle(order)
     n_test = math.floor(len(order) * test_fraction + 0.5)
     n_val = max(1, math.floor(len(order) * validation_fraction + 0.5)) if validation_fraction > 0 else 0
     if len(order) - n_test - n_val < 1:
-        raise ManifestError(f"too few cases ({len(order)}) for a training split")
+        raise ManifestError(f"too few cases ({len(order)}) for a training split: test_fraction {test_fraction} and "
+                            f"validation_fraction {validation_fraction} hold out {n_test} + {n_val}; their sum must "
+                            f"leave at least one training case")
     if ordered:
         training, validation, test = order[: -n_test - n_val], order[-n_test - n_val : -n_test], order[-n_test:]
     else:

@@ -384,9 +384,9 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 def _check_output_folder(output: Path, inputs: Sequence[str | os.PathLike]) -> None:
     """Refuse an output folder that is, or lies inside, an input folder (masks would land among the scans and be
     segmented on the next call)."""
-    target = output.resolve()
+    target = Path(os.path.realpath(output))
     for item in inputs:
-        source = Path(item).resolve()
+        source = Path(os.path.realpath(item))  # never raises (symlink loops are reported per scan later)
         if source.is_dir() and (target == source or source in target.parents):
             raise SegmentError(f"--output {output} is {'the' if target == source else 'inside the'} input folder "
                                f"{item}; masks would be mixed with the scans. Choose a folder outside the inputs")
@@ -453,7 +453,7 @@ def segment(
             f"choose another output folder, or pass --overwrite (overwrite=True)"
         )
     _check_writable(output)
-    from medtransfer.training.run_directory import FolderLock
+    from medtransfer.folder_lock import FolderLock
 
     with FolderLock(output, "output folder"):  # a second `segment` into the same folder stops here
         return _segment_all(model, scans, output, allow_uneven, progress)

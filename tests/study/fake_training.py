@@ -26,7 +26,7 @@ def command_factory(run, bundle_root, output_dir, source_checkpoint=None, overwr
 
 
 def main() -> None:
-    from medtransfer.training.run_directory import FolderLock
+    from medtransfer.folder_lock import FolderLock
 
     out, kind, strategy, fraction, seed = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
     flags = sys.argv[6:]

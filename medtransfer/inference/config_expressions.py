@@ -85,10 +85,14 @@ def _walk(value: Any, key: str, file: str) -> Iterable[ConfigItem]:
 
 
 def executable_items(bundle: str | Path) -> list[ConfigItem]:
-    """Every executable item in every config file of `bundle` (raises ConfigReadError for an unreadable file)."""
+    """Every executable item in every config file of `bundle` (raises ConfigReadError for an unreadable file,
+    and for a config that is a symbolic link out of the bundle)."""
     bundle = Path(bundle)
+    root = bundle.resolve()
     items: list[ConfigItem] = []
     for path in config_files(bundle):
+        if root not in path.resolve().parents:
+            raise ConfigReadError(f"{path}: a symbolic link out of the bundle (to {path.resolve()}); refusing")
         items += _walk(_read(path), "", str(path.relative_to(bundle)))
     return items
 

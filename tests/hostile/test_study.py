@@ -163,3 +163,19 @@ def test_status_and_report_of_a_broken_study_folder(setup, needle, command, guar
     setup(folder)
     guard.snapshot()
     clear_error(medtransfer(["study", command, folder], capsys), 2, str(folder), needle)
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_an_empty_validation_or_test_split_is_refused_at_the_start(split, guard, tmp_path, capsys):
+    import json
+
+    from tests.conftest import REPO_ROOT
+
+    content = json.loads((REPO_ROOT / "data_manifests" / "synthetic_2d.json").read_text())
+    content[split] = []
+    (tmp_path / "empty_split.json").write_text(json.dumps(content))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_study(data_manifest="empty_split.json")))
+    guard.snapshot()
+    result = medtransfer(["study", "run", path, "--no-progress"], capsys)
+    clear_error(result, 2, f"the {split} split is empty", f"--{split}-fraction")

@@ -15,7 +15,12 @@ def _data_manifest(args: argparse.Namespace) -> int:
     if output.exists() and not args.force:
         print(f"error: {output} exists; pass --force to replace it", file=sys.stderr)
         return 2
-    label_map = dict(pair.split(":") for pair in args.label_map.split(",")) if args.label_map else None
+    try:  # "1:1,2:1": integer label values onto 0/1
+        label_map = {int(k): int(v) for k, v in (pair.split(":") for pair in args.label_map.split(","))} \
+            if args.label_map else None
+    except ValueError:
+        print(f"error: --label-map {args.label_map!r}: give VALUE:0|1 pairs, e.g. 1:1,2:1", file=sys.stderr)
+        return 2
     content = build_manifest(
         args.folder,
         name=args.name,
@@ -134,16 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from medtransfer.data.manifest import ManifestError
-    from medtransfer.evaluation.statistics import StatisticsError
-    from medtransfer.study.spec import StudyError
+    """Bad input ends in one line naming the file and the problem; `--debug` (anywhere on the line) or
+    MEDTRANSFER_DEBUG=1 shows the full traceback instead."""
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MEDTRANSFER_DEBUG", "") not in ("", "0")
+    argv = [item for item in argv if item != "--debug"]
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="full Python tracebacks instead of one-line errors "
+                                                             "(also MEDTRANSFER_DEBUG=1)")
+    args = parser.parse_args(argv)
+    from medtransfer.errors import MedtransferError
 
     try:
         return args.handler(args)
-    except (ManifestError, StudyError, StatisticsError) as error:
+    except MedtransferError as error:
+        if debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # unreadable input, full or read-only disk: the path and the reason
+        if debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a case no check anticipated: still one line, the traceback on request
+        if debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (rerun with --debug for the full traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

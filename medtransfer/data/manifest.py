@@ -150,8 +150,37 @@ class Manifest:
         return path
 
 
+def _check_types(content: Any, where: str) -> None:
+    """Wrong JSON types (a string where a list belongs, a number as a path) as one error naming the key."""
+    if not isinstance(content, dict):
+        raise ManifestError(f"{where}: a manifest is a JSON object, got {type(content).__name__}")
+    for split in SPLITS:
+        cases = content.get(split, [])
+        if not isinstance(cases, list):
+            raise ManifestError(f"{where}: {split!r} must be a list of cases, got {type(cases).__name__}")
+        for index, case in enumerate(cases):
+            if not isinstance(case, dict):
+                raise ManifestError(f"{where}: {split}[{index}] must be an object with 'id' and 'image'")
+            for key in ("id", "image", "label"):
+                if key in case and not isinstance(case[key], str):
+                    raise ManifestError(f"{where}: {split}[{index}].{key} must be a string (a path or an id), "
+                                        f"got {case[key]!r}")
+    fractions = content.get("fractions", {})
+    if not isinstance(fractions, dict) or not all(isinstance(v, list) for v in fractions.values()):
+        raise ManifestError(f"{where}: 'fractions' must map fractions to lists of training ids")
+    if "dimensions" in content and (isinstance(content["dimensions"], bool) or content["dimensions"] not in (2, 3)):
+        raise ManifestError(f"{where}: dimensions must be 2 or 3, got {content['dimensions']!r}")
+    label_map = content.get("label_map")
+    if label_map is not None and (not isinstance(label_map, dict) or not all(
+            str(k).lstrip("-").isdigit() and not isinstance(v, bool) and isinstance(v, int) for k, v in label_map.items())):
+        raise ManifestError(f"{where}: label_map must map integer label values onto 0 or 1, got {label_map!r}")
+    if label_map and set(label_map.values()) <= {0, 1} and 1 not in label_map.values():
+        raise ManifestError(f"{where}: label_map maps every value to 0 (background); map at least one value to 1")
+
+
 def validate_content(content: dict, where: str) -> None:
     """Structural checks of a manifest (not of the image files: see `medtransfer.data.checks`)."""
+    _check_types(content, where)
     missing = [key for key in REQUIRED_KEYS if key not in content]
     if missing:
         raise ManifestError(f"{where}: missing key(s) {missing}")
@@ -192,8 +221,10 @@ def read_manifest_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        content = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read the manifest ({error.strerror or error})") from None
     validate_content(content, str(path))
     return content

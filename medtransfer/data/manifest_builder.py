@@ -51,11 +51,16 @@ def split_ids(ids: list[str], test_fraction: float, validation_fraction: float, 
 
     `groups` (patients, near-duplicate images) are kept whole: every member of a group lands in one split. Ids
     in no group are groups of one; with no groups at all the split is the plain seeded split of the ids."""
+    for name, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
+        if not 0 <= value < 1:  # NaN fails too
+            raise ManifestError(f"{name} {value} is outside [0, 1): the share of the cases held out, e.g. 0.2")
     order = sorted(ids)
     n_test = math.floor(len(order) * test_fraction + 0.5)
     n_val = max(1, math.floor(len(order) * validation_fraction + 0.5)) if validation_fraction > 0 else 0
     if len(order) - n_test - n_val < 1:
-        raise ManifestError(f"too few cases ({len(order)}) for a training split")
+        raise ManifestError(f"too few cases ({len(order)}) for a training split: test_fraction {test_fraction} and "
+                            f"validation_fraction {validation_fraction} hold out {n_test} + {n_val}; their sum must "
+                            f"leave at least one training case")
     units = _split_units(order, groups or [])
     if ordered:  # serial sections: test = the last units, validation the ones before
         units.reverse()

@@ -46,6 +46,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from medtransfer.errors import MedtransferError
+
 MIN_SEEDS = 3
 LEVEL = 0.95
 METHOD = "paired t-test over seeds"
@@ -56,7 +58,7 @@ COMPARISON_COLUMNS = ("objective", "strategy", "fraction", "baseline", "estimate
                       "method")
 
 
-class StatisticsError(ValueError):
+class StatisticsError(MedtransferError, ValueError):
     """A results table (or a comparison asked of it) that cannot be analysed as given."""
 
 

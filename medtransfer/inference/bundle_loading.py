@@ -531,16 +531,55 @@ def load_run(
     )
 
 
-def _extract_zip(archive: Path) -> Path:
-    """Unpack a bundle zip into a temporary folder, refusing members that would land outside it."""
-    target = Path(tempfile.mkdtemp(prefix="medtransfer_bundle_"))
-    with zipfile.ZipFile(archive) as zipped:
-        for member in zipped.namelist():
-            destination = (target / member).resolve()
-            if not str(destination).startswith(str(target.resolve()) + "/") and destination != target.resolve():
-                shutil.rmtree(target, ignore_errors=True)
-                raise BundleError(f"{archive}: member {member!r} would be written outside the folder; refusing")
-        zipped.extractall(target)
+# The largest real bundle medtransfer makes is a 3D export with model.pt, model.ts and model.onnx (~130 MiB at the
+# default filters); a zip that unpacks to more than a few times that is refused before anything is written.
+MAX_UNZIPPED_BYTES = 384 * 2**20
+MAX_ZIP_MEMBERS = 10_000
+
+
+def zip_limits() -> tuple[int, int]:
+    """(bytes, members) a bundle zip may unpack to; MEDTRANSFER_MAX_UNZIPPED_MB / MEDTRANSFER_MAX_ZIP_MEMBERS."""
+    import os
+
+    try:
+        size = int(float(os.environ.get("MEDTRANSFER_MAX_UNZIPPED_MB", MAX_UNZIPPED_BYTES / 2**20)) * 2**20)
+        members = int(os.environ.get("MEDTRANSFER_MAX_ZIP_MEMBERS", MAX_ZIP_MEMBERS))
+    except ValueError as error:
+        raise BundleError(f"MEDTRANSFER_MAX_UNZIPPED_MB / MEDTRANSFER_MAX_ZIP_MEMBERS: not a number ({error})") from None
+    return size, members
+
+
+def _check_zip_members(archive: Path, zipped: zipfile.ZipFile, target: Path) -> None:
+    """Before extracting: member count, total uncompressed size (zipfile never inflates a member past its
+    declared size), no symlinks, no path outside `target`."""
+    import stat
+
+    max_bytes, max_members = zip_limits()
+    members = zipped.infolist()
+    if len(members) > max_members:
+        raise BundleError(f"{archive}: {len(members)} members, more than the {max_members} a bundle may hold "
+                          "(MEDTRANSFER_MAX_ZIP_MEMBERS); refusing to unpack")
+    total = sum(member.file_size for member in members)
+    if total > max_bytes:
+        raise BundleError(f"{archive}: unpacks to {total / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+                          "allowed (MEDTRANSFER_MAX_UNZIPPED_MB); refusing to unpack (a zip bomb?)")
+    root = target.resolve()
+    for member in members:
+        if stat.S_ISLNK(member.external_attr >> 16):
+            raise BundleError(f"{archive}: member {member.filename!r} is a symbolic link; refusing")
+        destination = (root / member.filename).resolve()
+        if destination != root and root not in destination.parents:
+            raise BundleError(f"{archive}: member {member.filename!r} would be written outside the folder; refusing")
+
+
+def _extract_zip(archive: Path, target: Path) -> Path:
+    """Unpack a bundle zip into `target` (a temporary folder the caller removes) after `_check_zip_members`."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            _check_zip_members(archive, zipped, target)
+            zipped.extractall(target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as error:
+        raise BundleError(f"{archive}: not a readable zip ({type(error).__name__}: {error})") from None
     roots = [p for p in target.iterdir() if p.is_dir()]
     if (target / "configs" / "metadata.json").is_file():
         return target
@@ -559,8 +598,9 @@ def load_model(
     path = Path(model_or_bundle)
     if not path.exists():
         raise BundleError(f"model not found: {path}")
-    if path.is_file() and path.suffix == ".zip":
-        path = _extract_zip(path)
+    if path.is_file() and path.suffix == ".zip":  # unpacked, loaded into memory, removed again
+        with tempfile.TemporaryDirectory(prefix="medtransfer_bundle_") as folder:
+            return load_model(_extract_zip(path, Path(folder)), trusted=trusted, device=device, manifest=manifest)
     if (path / "configs" / "metadata.json").is_file():
         return load_bundle(path, trusted=trusted, device=device)
     return load_run(path, device=device, manifest=manifest)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtransfer.inference.config_expressions import check_config_expressions
+
 from medtransfer import registry
 
 # MONAI's published schema, byte for byte (see meta_schema.SOURCE.md); the URL Model Zoo metadata names.
@@ -264,6 +266,8 @@ def verify_bundle(bundle: str | Path, trusted: bool = False, schema: str | Path 
     steps: dict[str, Callable] = {
         "verify_metadata": lambda: verify_metadata_offline(bundle / registry.METADATA, schema),
         "verify_net_in_out": lambda: verify_network(bundle, trusted),
+        # every $ expression / _target_ / non-plain @ in any config file, against the project's allow-list
+        "config_expressions": lambda: check_config_expressions(bundle),
     }
     if (bundle / "models" / "model.pt").exists():
         steps.update(_weights_checks(bundle, trusted))

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from medtransfer.atomic import save_json, sha256_of
 from medtransfer.study.executors import execute_command, make_executor
 from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, parse_study
-from medtransfer.training.run_directory import LOCK_NAME, FolderLock
+from medtransfer.folder_lock import LOCK_NAME, FolderLock
 
 logger = logging.getLogger("medtransfer.study")
 

@@ -454,6 +454,10 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     target_name = str(content.get("data_manifest") or train.get("data_manifest"))
     target = _open_manifest_info(target_name, data_root or content.get("data_root"), spatial_dims, base)
     manifests[target_name] = target
+    for split, role in (("validation", "picks each fine-tune's best epoch"), ("test", "gives the Dice a study reports")):
+        _require(bool(target.content[split]),
+                 f"data manifest {target_name!r} ({target.path}): the {split} split is empty, but it {role}; rebuild "
+                 f"the manifest with `medtransfer data manifest --{split}-fraction 0.2` (a value in (0, 1))")
 
     stages = []
     for index, raw in enumerate(content.get("pretraining") or []):

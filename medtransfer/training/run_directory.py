@@ -12,16 +12,14 @@ from medtransfer.errors import MedtransferError
 import hashlib
 import json
 import logging
-import os
 import platform
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from medtransfer.atomic import save_json
-from medtransfer.errors import FolderInUseError
+from medtransfer.folder_lock import LOCK_NAME, FolderLock  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("medtransfer.training")
 
@@ -31,77 +29,6 @@ MACHINE_KEYS = ("data_root", "device", "num_workers", "output_dir")
 
 class RunDirectoryError(MedtransferError, RuntimeError):
     """The output folder cannot be used as asked (finished run, or a different configuration)."""
-
-
-LOCK_NAME = ".medtransfer.lock"
-_HELD: dict[tuple[int, str], "FolderLock"] = {}  # (pid, folder): locks this process holds (re-entrant)
-
-
-class FolderLock:
-    """An exclusive lock on a folder for as long as one process writes it: ``flock`` on FOLDER/.medtransfer.lock.
-
-    A second process asking for the same folder fails at once with "<what> FOLDER is in use by process N".
-    The kernel drops the lock when its process dies (even by kill -9), so a lock file left by a dead process is
-    simply taken over. Re-entrant within one process (several objects may guard the same folder in a test run);
-    the file descriptor is close-on-exec, so commands the holder starts do not inherit the lock.
-    """
-
-    def __init__(self, folder: str | Path, what: str = "run folder") -> None:
-        self.folder = Path(folder)
-        self.what = what
-        self._fd: int | None = None
-
-    @property
-    def path(self) -> Path:
-        return self.folder / LOCK_NAME
-
-    def _key(self) -> tuple[int, str]:
-        return os.getpid(), str(self.folder.resolve())
-
-    def owner(self) -> str:
-        try:
-            return self.path.read_text().split()[0]
-        except (OSError, IndexError):
-            return "unknown"
-
-    def acquire(self) -> "FolderLock":
-        import fcntl
-
-        key = self._key()
-        if key in _HELD:
-            return _HELD[key]
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as error:
-            raise FolderInUseError(f"{self.what} {self.folder} cannot be locked for writing: "
-                                   f"{error.strerror or error}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise FolderInUseError(f"{self.what} {self.folder} is in use by process {self.owner()}; wait for it "
-                                   "to finish, or stop it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        self._fd = fd
-        _HELD[key] = self
-        return self
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        _HELD.pop(self._key(), None)
-        try:
-            os.close(self._fd)  # closing the only descriptor drops the flock; the file stays (harmless)
-        finally:
-            self._fd = None
-
-    def __enter__(self) -> "FolderLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def config_hash(run_params: dict) -> str:
@@ -226,6 +153,9 @@ class RunDirectory:
         from medtransfer.training.distributed import is_main_process
 
         if is_main_process():  # one writer per folder: rank 0 of a DDP run, never two runs at once
+            from medtransfer.training.command_line import check_command_line
+
+            check_command_line()  # `--max_epoch 1` is an error, not a 30-epoch run
             self._lock = FolderLock(self.path, "run folder").acquire()
         record = read_run_record(self.path)
         if record and record.get("status") == "finished":

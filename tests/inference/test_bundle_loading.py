@@ -5,6 +5,7 @@ The run is made with medtransfer's own RunDirectory and a freshly initialised ti
 tests are about loading, geometry and safety, not accuracy); its run.json has the fields RunRecord writes.
 """
 
+import importlib.util
 import json
 import shutil
 import zipfile
@@ -203,7 +204,14 @@ def test_changed_weights_are_refused_by_checksum(bundle, tmp_path):
         with pytest.raises(BundleError, match=r"model\.pt: sha256 .* does not match .* refusing to use it"):
             load_bundle(copy, trusted=trusted)
     with pytest.raises(BundleError, match="does not match"):
-        check_bundle_weights(copy, copy / "models" / "model.pt")  # what the exported inference config runs first
+        check_bundle_weights(copy, copy / "models" / "model.pt")  # what earlier exported configs run first
+    spec = importlib.util.spec_from_file_location("bundle_integrity_copy", copy / "scripts" / "integrity.py")
+    integrity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(integrity)  # the bundle's own copy, what configs/inference.json runs first
+    with pytest.raises(ValueError, match=r"model\.pt: sha256 .* does not match"):
+        integrity.check_weights(str(copy), str(copy / "models" / "model.pt"))
+    assert integrity.check_weights(str(bundle), str(bundle / "models" / "model.pt")) == sha256_of(
+        bundle / "models" / "model.pt")
     assert "does not match" in verify_bundle(copy)["checks"]["weights_sha256"]
 
 

@@ -62,7 +62,7 @@ STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "se
 FINETUNE_KEYS = {"strategies", "fractions", "seeds", "settings"}
 # Bundle keys the study sets itself, per run: not allowed in `settings`.
 RESERVED_SETTINGS = {"output_dir", "data_manifest", "data_root", "fraction", "seed", "strategy", "source_checkpoint",
-                     "objective", "label_map", "bundle_root", "overwrite"}
+                     "objective", "label_map", "bundle_root", "overwrite", "dataset_dir"}
 NO_SOURCE = "none"
 # Study and stage names become folder names: plain slugs only (no "/", no leading "." or "-", no "..").
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

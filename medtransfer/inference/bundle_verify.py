@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtransfer.inference.config_expressions import check_config_expressions
-
 from medtransfer import registry
+from medtransfer.inference.config_expressions import check_config_expressions
 
 # MONAI's published schema, byte for byte (see meta_schema.SOURCE.md); the URL Model Zoo metadata names.
 SCHEMA_PATH = Path(__file__).with_name("meta_schema.json")

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from statsmodels.stats.multitest import multipletests
 
 from medtransfer.errors import MedtransferError
 
@@ -73,15 +74,14 @@ def nanmean(values: Iterable[float]) -> float:
 
 
 def holm(p_values: Iterable[float | None]) -> list[float | None]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1); None/NaN stay None."""
+    """Holm–Bonferroni adjusted p-values (statsmodels' `multipletests(method="holm")`); None/NaN stay None."""
     values = list(p_values)
-    valid = [(p, i) for i, p in enumerate(values) if _finite(p)]
-    m = len(valid)
+    index = [i for i, p in enumerate(values) if _finite(p)]
     adjusted: list[float | None] = [None] * len(values)
-    running = 0.0
-    for rank, (p, index) in enumerate(sorted(valid)):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[index] = running
+    if index:
+        corrected = multipletests([float(values[i]) for i in index], method="holm")[1]
+        for i, p in zip(index, corrected):
+            adjusted[i] = float(p)
     return adjusted
 
 

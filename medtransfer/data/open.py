@@ -28,12 +28,29 @@ def find_manifest(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+def _collection_member(content: dict, root: Path) -> Path:
+    """`root`, or its subfolder named like the manifest when `root` is a collection of data sets.
+
+    A folder of data sets (``shared/data/`` with ``busbra_breast_us_lesions/``, ``busi_breast_us_lesions/``,
+    ...) then serves as the data root of every manifest named after one of its folders, so that one
+    ``--data-root`` works for a study whose source and target are different data sets. Only taken when the
+    manifest's first file is missing under `root` itself and present under the subfolder.
+    """
+    first = next((case.get("image") for split in ("training", "validation", "test")
+                  for case in content.get(split) or [] if isinstance(case, dict) and case.get("image")), None)
+    member = root / str(content.get("name", ""))
+    if (isinstance(first, str) and content.get("name") and not (root / first).exists()
+            and (member / first).exists()):
+        return member
+    return root
+
+
 def _resolve_data_root(content: dict, manifest_path: Path, data_root: str | os.PathLike | None) -> Path:
     if data_root:
         root = Path(data_root).expanduser()
         if not root.is_dir():
             raise ManifestError(f"data root for {manifest_path} is not a folder: {root}")
-        return root.resolve()
+        return _collection_member(content, root).resolve()
     generator = content.get("generator")
     if generator:  # the embedded default: generated deterministically on first use, then cached
         from medtransfer.data.synthetic import ensure_synthetic_dataset

@@ -53,6 +53,16 @@ def test_shipped_real_manifests_resolve_to_the_shared_data(name, test_data):
     assert set(manifest.fractions) == {"0.05", "0.1", "0.25", "0.5", "1.0"}
 
 
+@pytest.mark.parametrize("name", sorted(REAL_MANIFESTS))
+def test_a_folder_of_data_sets_serves_every_manifest_named_after_one_of_them(name, test_data, tmp_path):
+    folder = REAL_MANIFESTS[name][0]
+    assert open_manifest(name, data_root=test_data).data_root == (test_data / folder).resolve()
+    assert open_manifest(name, data_root=test_data / folder).data_root == (test_data / folder).resolve()
+    (tmp_path / name).mkdir()  # a same-named but empty subfolder is not taken: the error names the root given
+    with pytest.raises(ManifestError, match=str(tmp_path)):
+        open_manifest(name, data_root=tmp_path).datalist("training")
+
+
 def test_hippocampus_manifest_merges_both_labels():
     content = json.loads(registry.manifest_path("msd_hippocampus").read_text())
     assert content["label_map"] == {"1": 1, "2": 1}

@@ -108,3 +108,45 @@ class BestModelSaver:
 def _plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     module = network.module if hasattr(network, "module") else network
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class EarlyStopping:
+    """Stops training after `patience` validations without a better validation metric (None: never stops).
+
+    It reads the best-model saver's history, which is part of the resumable checkpoint, so a resumed run
+    continues the same count. Attach it to the trainer after the ValidationHandler: it decides at the end of
+    an epoch whose validation has run. `max_epochs` stays the budget every arm shares.
+    """
+
+    def __init__(self, best_model: BestModelSaver, patience: int | None = None) -> None:
+        if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
+            raise ValueError(f"early_stop_patience must be a positive integer or null (off), got {patience!r}")
+        self.best_model = best_model
+        self.patience = None if patience is None else int(patience)
+        self.stopped_epoch: int | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        if self.patience is not None:
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def validations_without_improvement(self) -> int:
+        return sum(1 for epoch, _ in self.best_model.history if epoch > self.best_model.best_epoch)
+
+    def __call__(self, trainer: Engine) -> None:
+        if self.patience is None or not self.best_model.history:
+            return
+        if self.validations_without_improvement() >= self.patience:
+            self.stopped_epoch = int(trainer.state.epoch)
+            logger.info(
+                "early stopping at epoch %d: no better %s in %d validations (best %.4f at epoch %d)",
+                self.stopped_epoch, self.best_model.metric_name, self.patience, self.best_model.best_value,
+                self.best_model.best_epoch,
+            )
+            if is_main_process():
+                print(f"medtransfer: early stop at epoch {self.stopped_epoch} (best epoch {self.best_model.best_epoch})",
+                      flush=True)
+            trainer.terminate()
+
+    def record(self) -> dict:
+        return {"patience": self.patience, "stopped_early": self.stopped_epoch is not None,
+                "stopped_epoch": self.stopped_epoch}

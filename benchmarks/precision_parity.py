@@ -99,7 +99,8 @@ def main() -> None:
         "difference_auto_minus_fp32": result,
         "case_level": {"n": len(case_differences), "mean": statistics.fmean(case_differences),
                        "sd": statistics.stdev(case_differences) if len(case_differences) > 1 else math.nan},
-        "speedup_wall": statistics.fmean(r["fp32_seconds"] for r in rows) / statistics.fmean(r["auto_seconds"] for r in rows),
+        "speedup_wall": statistics.fmean(r["fp32_seconds"] for r in rows)
+        / statistics.fmean(r["auto_seconds"] for r in rows),
         "margin": MARGIN,
         "auto_within_margin": within,
         "verdict": "auto stays the default" if within else "CI not within +-0.01 Dice: fp32 must be the default",

@@ -223,7 +223,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="num_workers values for data wait")
     parser.add_argument("--segment-scans", type=int, default=4, help="test scans for segment volumes/s (0: skip)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier on shared cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{resolve_precision('auto', 'cpu', announce=False).describe()}", flush=True)
     rows = []

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.handlers import ValidationHandler
 
 from medtransfer.atomic import save_torch
 from medtransfer.training.distributed import is_main_process
@@ -114,8 +115,8 @@ class EarlyStopping:
     """Stops training after `patience` validations without a better validation metric (None: never stops).
 
     It reads the best-model saver's history, which is part of the resumable checkpoint, so a resumed run
-    continues the same count. Attach it to the trainer after the ValidationHandler: it decides at the end of
-    an epoch whose validation has run. `max_epochs` stays the budget every arm shares.
+    continues the same count. `ValidationWithEarlyStopping` calls it right after each validation; `max_epochs`
+    stays the budget every arm shares. Every DDP rank sees the same (gathered) metric, so all ranks stop together.
     """
 
     def __init__(self, best_model: BestModelSaver, patience: int | None = None) -> None:
@@ -124,10 +125,6 @@ class EarlyStopping:
         self.best_model = best_model
         self.patience = None if patience is None else int(patience)
         self.stopped_epoch: int | None = None
-
-    def attach(self, trainer: Engine) -> None:
-        if self.patience is not None:
-            trainer.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def validations_without_improvement(self) -> int:
         return sum(1 for epoch, _ in self.best_model.history if epoch > self.best_model.best_epoch)
@@ -143,10 +140,27 @@ class EarlyStopping:
                 self.best_model.best_epoch,
             )
             if is_main_process():
-                print(f"medtransfer: early stop at epoch {self.stopped_epoch} (best epoch {self.best_model.best_epoch})",
-                      flush=True)
+                best = self.best_model.best_epoch
+                print(f"medtransfer: early stop at epoch {self.stopped_epoch} (best epoch {best})", flush=True)
             trainer.terminate()
 
     def record(self) -> dict:
         return {"patience": self.patience, "stopped_early": self.stopped_epoch is not None,
                 "stopped_epoch": self.stopped_epoch}
+
+
+class ValidationWithEarlyStopping(ValidationHandler):
+    """MONAI's ValidationHandler, then the early-stopping decision on the validation that just ran.
+
+    One handler for both, so the decision always follows its validation, on every rank of a DDP run.
+    """
+
+    def __init__(self, interval: int, validator=None, epoch_level: bool = True, exec_at_start: bool = False,
+                 early_stop: EarlyStopping | None = None) -> None:
+        super().__init__(interval=interval, validator=validator, epoch_level=epoch_level, exec_at_start=exec_at_start)
+        self.early_stop = early_stop
+
+    def __call__(self, engine: Engine) -> None:
+        super().__call__(engine)
+        if self.early_stop is not None:
+            self.early_stop(engine)

@@ -37,7 +37,7 @@ def paired_t(differences: list[float], confidence: float = 0.95) -> dict:
     se = statistics.stdev(differences) / math.sqrt(n)
     half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
     p = 2 * stats.t.sf(abs(mean) / se, n - 1) if se > 0 else (0.0 if mean else 1.0)
-    return {"n_seeds": n, "mean": mean, "ci": [mean - half, mean + half], "p": p}
+    return {"n_seeds": n, "mean": mean, "ci": [float(mean - half), float(mean + half)], "p": float(p)}
 
 
 def train(output: Path, precision: str, seed: int, args) -> dict:
@@ -91,7 +91,7 @@ def main() -> None:
             "auto_seconds": mixed["wall_time_seconds"],
         })
     result = paired_t(per_seed)
-    within = result["n_seeds"] >= 2 and -MARGIN <= result["ci"][0] and result["ci"][1] <= MARGIN
+    within = result["n_seeds"] >= 2 and bool(-MARGIN <= result["ci"][0] and result["ci"][1] <= MARGIN)
     summary = {
         "cell": f"hc18_fetal_head fraction {args.fraction}, {args.epochs} x {args.iterations_per_epoch} iterations",
         "auto_resolved_to": used,

@@ -471,7 +471,11 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
                  f"{where}: bundle {bundle_root.name} has no {registry.PRETRAIN_DIR}/{objective}.yaml")
         source = str(raw.get("data_manifest") or target_name)
         if source not in manifests:
-            root = raw.get("data_root") or (data_root if source == target_name else None)
+            # the command line's data root also serves a source that lives in it as a folder of its own name
+            # (a folder of data sets, see medtransfer.data.open)
+            shared_root = data_root or content.get("data_root")
+            in_collection = bool(shared_root) and (Path(shared_root).expanduser() / source).is_dir()
+            root = raw.get("data_root") or (shared_root if source == target_name or in_collection else None)
             manifests[source] = _open_manifest_info(source, root, spatial_dims, base)
         fraction = _number(raw.get("fraction", 1.0), f"{where}.fraction")
         _check_fractions([fraction], manifests[source], where)

@@ -1,0 +1,32 @@
+"""The shipped cross-dataset study files parse against the real data and expand to the design they describe."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medtransfer import registry
+from medtransfer.study.spec import load_study
+
+STUDIES = registry.bundles_dir().parent / "studies"
+
+
+@pytest.mark.parametrize("name, fine_tunes, seeds, fractions", [
+    ("breast_us_cross_dataset", 162 + 48, 3, [0.05, 0.25, 1.0]),
+    ("breast_us_cross_dataset_full", 450 + 100, 5, [0.05, 0.1, 0.25, 0.5, 1.0]),
+])
+def test_cross_dataset_study_pretrains_on_busbra_and_fine_tunes_on_busi(name, fine_tunes, seeds, fractions, test_data):
+    spec = load_study(STUDIES / f"{name}.yaml", data_root=str(test_data))  # one root: the folder of data sets
+    runs = spec.expand()
+    kinds = Counter(run.kind for run in runs)
+    assert kinds == {"pretrain": 4, "finetune": fine_tunes}
+    pretrain = [run for run in runs if run.kind == "pretrain"]
+    assert {Path(run.config_files[-1]).stem for run in pretrain} == {
+        "segmentation", "classification", "reconstruction", "contrastive_reconstruction"}
+    assert {run.source for run in pretrain} == {"busbra_breast_us_lesions"}
+    assert spec.target.name == "busi_breast_us_lesions"
+    tunes = [run for run in runs if run.kind == "finetune"]
+    assert {run.seed for run in tunes} == set(range(seeds))
+    assert sorted({run.fraction for run in tunes}) == fractions
+    assert {run.strategy for run in tunes} == {"scratch", "encoder", "decoder", "full", "encoder_frozen",
+                                              "random_encoder_frozen"}

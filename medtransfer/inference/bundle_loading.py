@@ -525,8 +525,19 @@ def load_run(
         roi_size=[int(s) for s in config["patch_size"]],
         source=f"run {run}",
         label_name=label,
+        metadata=_run_clinical(record, content, run, weights, label),
         device=device,
     )
+
+
+def _run_clinical(record: Mapping, manifest: Mapping, run: Path, weights: Path, label: str) -> dict:
+    """The ``clinical`` metadata of a run folder (post-processing, codes, identity), as an export would write it."""
+    from medtransfer.inference.model_info import CLINICAL_KEY, clinical_metadata
+
+    config = record.get("config") or {}
+    name = f"{config.get('bundle', 'medtransfer')} run {run.name}"
+    version = f"run {str(record.get('config_hash', ''))[:12]}"
+    return {CLINICAL_KEY: clinical_metadata(record, manifest, name, version, record.get("model_sha256"), label)}
 
 
 def _extract_zip(archive: Path) -> Path:

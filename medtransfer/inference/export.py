@@ -36,6 +36,7 @@ from medtransfer.inference.bundle_loading import (
     safe_spec,
 )
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
+from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess
 from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run, read_run_record
 from medtransfer.training.weights import WeightsError, load_weights
 
@@ -549,6 +550,7 @@ def export_bundle(
     network.eval()
 
     inference = _inference_config(template / "configs" / "inference.yaml", config, target_spacing)
+    inference["postprocess"] = learned_postprocess(record)  # applied by the config's postprocessing step
     text = _HEADER + yaml.dump(inference, Dumper=_ConfigDumper, sort_keys=False, width=120)
     _check_no_machine_paths(text, run)
     spec = safe_spec(output, inference, output / "configs" / "inference.yaml")  # the export must load safely
@@ -567,6 +569,10 @@ def export_bundle(
         shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
         shutil.copyfile(template / "LICENSE", staging / "LICENSE")
         meta[CHECKSUM_KEY][WEIGHTS_PATH] = sha256_of(staging / WEIGHTS_PATH)
+        meta[CLINICAL_KEY] = export_clinical(  # post-processing, DICOM-SEG codes, identity (model_info)
+            record, manifest_content, version, meta[CHECKSUM_KEY][WEIGHTS_PATH],
+            meta["network_data_format"]["outputs"]["pred"]["channel_def"]["1"],
+        )
 
         exported = []
         if torchscript:

@@ -36,7 +36,7 @@ from medtransfer.inference.bundle_loading import (
     safe_spec,
 )
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
-from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess
+from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess, postprocessing_note
 from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run, read_run_record
 from medtransfer.training.weights import WeightsError, load_weights
 
@@ -327,6 +327,7 @@ def model_card(meta: dict) -> str:
     data, prov, metrics = meta["training_data"], meta["provenance"], meta["eval_metrics"]
     pre = meta["preprocessing"]
     dims = pre["spatial_dims"]
+    postprocessing = postprocessing_note(meta.get(CLINICAL_KEY) or {})
     citations = "\n".join(f"  - {c}" for c in data.get("citation") or []) or "  - (none given in the data manifest)"
     exports = "\n".join(
         f"- `{info['file']}`: {'same mask as the PyTorch model' if info['same_mask'] else 'MASK DIFFERS'} on "
@@ -419,7 +420,7 @@ Exports:
 {exports}
 
 ## Limitations
-- Binary: one structure per model; the mask is the argmax of two classes, without post-processing.
+- Binary: one structure per model; the mask is the argmax of two classes. Post-processing: {postprocessing}.
 - Trained on {data.get('n_training')} cases of one data set; performance elsewhere is unknown.
 - A small network sized for CPUs; accuracy is below a fully trained nnU-Net.
 - DICOM series must be complete, evenly spaced and unsheared; `segment` refuses others (or warns with

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from medtransfer.inference.dicom_seg import ANATOMICAL_STRUCTURE, code_dict, parse_code
-from medtransfer.inference.postprocess import check_postprocessing
+from medtransfer.inference.postprocess import check_postprocessing, description
 
 CLINICAL_KEY = "clinical"
 
@@ -64,3 +64,13 @@ def export_clinical(record: Mapping, manifest: Mapping, version: str, weights_sh
     config = record.get("config") or {}
     name = f"medtransfer {config.get('bundle', 'bundle')} {manifest.get('name', '')}".strip()
     return clinical_metadata(record, manifest, name, version, weights_sha256, label)
+
+
+def postprocessing_note(clinical: Mapping) -> str:
+    """One line for the model card: what was learned on the validation split, and its mean Dice there."""
+    spec = clinical.get("postprocessing")
+    if not spec:
+        return "none (none of the candidates kept the validation Dice, or none was learned)"
+    scores = spec.get("validation_dice") or {}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    return f"{description(spec)}, learned on {spec.get('n_cases', '?')} validation cases (mean Dice: {shown})"

@@ -139,7 +139,8 @@ def write_index(output: str | os.PathLike, results: Sequence, previews: Mapping[
         "tr.failed{background:#fee}table{border-collapse:collapse}</style></head><body>\n"
         f"<h1>Segmentation results ({sum(r.ok for r in results)} of {len(results)} scans segmented)</h1>\n"
         "<p>Research use only: check every mask before relying on it. Outline: red.</p>\n"
-        "<table><tr><th>scan</th><th>status</th><th>volume / area</th><th>mask</th><th>preview</th><th>error</th></tr>\n"
+        "<table><tr><th>scan</th><th>status</th><th>volume / area</th><th>mask</th><th>preview</th>"
+        "<th>error</th></tr>\n"
         + "\n".join(rows) + "\n</table></body></html>\n"
     )
     path = output / INDEX_NAME

@@ -35,7 +35,7 @@ from medtransfer.data.dicom import DicomInputError, SeriesInfo, find_series, sel
 from medtransfer.data.readers import DicomSeriesReader
 from medtransfer.inference.bundle_loading import SegmentationModel, load_model
 from medtransfer.inference.dicom_seg import (
-    GENERIC_CATEGORY, GENERIC_TYPE, SegmentCodeError, code_dict, parse_code, write_dicom_seg,
+    GENERIC_CATEGORY, GENERIC_TYPE, SegmentCodeError, parse_code, write_dicom_seg,
 )
 from medtransfer.inference.inputs import IMAGE_SUFFIXES
 from medtransfer.inference.model_info import CLINICAL_KEY
@@ -86,7 +86,9 @@ def resolve_device(requested: str | torch.device | None = "auto") -> torch.devic
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise DeviceError(f"device {str(requested)!r}: CUDA is not available on this machine; use --device auto or cpu")
+            raise DeviceError(
+                f"device {str(requested)!r}: CUDA is not available on this machine; use --device auto or cpu"
+            )
         if device.index is not None and device.index >= count:
             raise DeviceError(f"device {str(requested)!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
     elif device.type == "mps":
@@ -137,7 +139,8 @@ def check_ensemble(models: Sequence[SegmentationModel]) -> None:
         where = f"ensemble: {other.source} vs {first.source}"
         if other.spatial_dims != first.spatial_dims:
             raise EnsembleError(f"{where}: {other.spatial_dims}D vs {first.spatial_dims}D models")
-        channels = _input_channels(other.network, other.spatial_dims), _input_channels(first.network, first.spatial_dims)
+        channels = (_input_channels(other.network, other.spatial_dims),
+                    _input_channels(first.network, first.spatial_dims))
         if channels[0] != channels[1]:
             raise EnsembleError(f"{where}: {channels[0]} input channel(s) vs {channels[1]}")
         if type(other.network) is not type(first.network):
@@ -692,8 +695,8 @@ _GENERIC_CODE_WARNING = (
 )
 
 
-def prepare_options(model_or_bundle, trusted: bool, device, tta: bool, postprocess: bool, segment_code, segment_category,
-                    preview: bool) -> SegmentOptions:
+def prepare_options(model_or_bundle, trusted: bool, device, tta: bool, postprocess: bool, segment_code,
+                    segment_category, preview: bool) -> SegmentOptions:
     """Load and check the model(s) and settle TTA, post-processing and coding before any scan is read."""
     models = load_models(model_or_bundle, trusted, resolve_device(device))
     if len(models) > 1:

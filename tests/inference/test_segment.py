@@ -263,8 +263,8 @@ def _tiny_model(source, filters=(8, 16), in_channels=1, spacing=None, **metadata
 
     return SegmentationModel(
         network=build_dynunet(3, in_channels=in_channels, filters=filters, init_seed=len(source)).eval(),
-        spatial_dims=3, preprocessing=eval_transforms(3, target_spacing=spacing, with_label=False) if spacing
-        else Compose([]), roi_size=[16, 16, 16], source=source, metadata={"clinical": metadata},
+        spatial_dims=3, roi_size=[16, 16, 16], source=source, metadata={"clinical": metadata},
+        preprocessing=eval_transforms(3, target_spacing=spacing, with_label=False) if spacing else Compose([]),
     )
 
 

@@ -537,7 +537,10 @@ def _run_clinical(record: Mapping, manifest: Mapping, run: Path, weights: Path, 
     config = record.get("config") or {}
     name = f"{config.get('bundle', 'medtransfer')} run {run.name}"
     version = f"run {str(record.get('config_hash', ''))[:12]}"
-    return {CLINICAL_KEY: clinical_metadata(record, manifest, name, version, record.get("model_sha256"), label)}
+    try:
+        return {CLINICAL_KEY: clinical_metadata(record, manifest, name, version, record.get("model_sha256"), label)}
+    except ValueError as error:  # a bad post-processing entry or segment code: name the run folder
+        raise BundleError(f"{run}: {error}") from None
 
 
 def _extract_zip(archive: Path) -> Path:

@@ -254,7 +254,7 @@ def test_device_auto_prefers_cuda_then_mps_and_unavailable_devices_are_clear_err
     assert "error: unknown device 'gpu'" in capsys.readouterr().err
 
 
-def _tiny_model(source, filters=(8, 16), in_channels=1, spacing=None, **metadata):
+def _tiny_model(source, filters=(8, 16, 32), in_channels=1, spacing=None, **metadata):
     from monai.transforms import Compose
 
     from medtransfer.data import eval_transforms
@@ -291,7 +291,7 @@ def test_ensembles_of_other_architectures_or_channels_and_tta_on_lateralised_mod
     a = _tiny_model("run A")
     check_ensemble([a, _tiny_model("run A2")])
     with pytest.raises(EnsembleError, match=r"run B vs run A: different architectures \(parameters differ"):
-        check_ensemble([a, _tiny_model("run B", filters=(8, 32))])
+        check_ensemble([a, _tiny_model("run B", filters=(8, 16, 64))])
     with pytest.raises(EnsembleError, match=r"run C vs run A: 2 input channel\(s\) vs 1"):
         check_ensemble([a, _tiny_model("run C", in_channels=2)])
     with pytest.raises(EnsembleError, match=r"run D vs run A: trained at different spacings"):
@@ -324,7 +324,7 @@ def test_learned_postprocessing_of_a_run_is_applied_unless_disabled(test_data, t
 
     record["postprocessing"] = {"method": "dilate"}
     (run / "run.json").write_text(json.dumps(record))
-    with pytest.raises(SegmentError, match="unknown post-processing method 'dilate'"):
+    with pytest.raises(BundleError, match="run.json postprocessing: unknown post-processing method 'dilate'"):
         segment(run, scan, tmp_path / "bad", progress=False)
 
 

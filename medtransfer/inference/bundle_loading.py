@@ -37,7 +37,6 @@ from medtransfer.errors import MedtransferError
 
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -316,6 +315,20 @@ def _standard_chain(config: Mapping, spatial_dims, literals: _Literals) -> dict:
     return {"dimensions": spatial_dims, "target_spacing": spacing, "with_label": False}
 
 
+def _learned_postprocess(metadata: Mapping | None) -> dict | None:
+    """The post-processing an exported bundle's metadata states (``clinical.postprocessing``), as step arguments."""
+    from medtransfer.inference.model_info import CLINICAL_KEY
+    from medtransfer.inference.postprocess import check_postprocessing
+
+    clinical = (metadata or {}).get(CLINICAL_KEY) or {}
+    spec = clinical.get("postprocessing") if isinstance(clinical, Mapping) else None
+    try:
+        return check_postprocessing({k: v for k, v in spec.items() if k in ("method", "min_size")}
+                                    if isinstance(spec, Mapping) else None)
+    except ValueError:
+        return None  # a bad entry: the chain comparison then fails and names the step
+
+
 def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mapping | None = None) -> SafeSpec:
     """Check ``config`` against the allow-list and return its literal settings; raise UntrustedBundleError."""
     literals = _Literals(config)
@@ -329,9 +342,11 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
         post = config["postprocessing"]
         target = post.get("_target_") if isinstance(post, Mapping) else post
         if _is_compose(post):
-            if post != standalone.postprocessing_def():
+            learned = _learned_postprocess(metadata)
+            if post != standalone.postprocessing_def(learned):
                 literals.problems.append("postprocessing: a Compose other than medtransfer's standard chain "
-                                         "(standalone.postprocessing_def)")
+                                         "(standalone.postprocessing_def)"
+                                         + (f" with the metadata's post-processing {learned}" if learned else ""))
         elif target not in POSTPROCESSING_TARGETS:
             literals.problems.append(
                 f"postprocessing = {target!r} (segment only supports medtransfer's standard postprocessing: "
@@ -576,8 +591,22 @@ def load_run(
         roi_size=[int(s) for s in config["patch_size"]],
         source=f"run {run}",
         label_name=label,
+        metadata=_run_clinical(record, content, run, weights, label),
         device=device,
     )
+
+
+def _run_clinical(record: Mapping, manifest: Mapping, run: Path, weights: Path, label: str) -> dict:
+    """The ``clinical`` metadata of a run folder (post-processing, codes, identity), as an export would write it."""
+    from medtransfer.inference.model_info import CLINICAL_KEY, clinical_metadata
+
+    config = record.get("config") or {}
+    name = f"{config.get('bundle', 'medtransfer')} run {run.name}"
+    version = f"run {str(record.get('config_hash', ''))[:12]}"
+    try:
+        return {CLINICAL_KEY: clinical_metadata(record, manifest, name, version, record.get("model_sha256"), label)}
+    except ValueError as error:  # a bad post-processing entry or segment code: name the run folder
+        raise BundleError(f"{run}: {error}") from None
 
 
 # The largest real bundle medtransfer makes is a 3D export with model.pt, model.ts and model.onnx (~130 MiB at the

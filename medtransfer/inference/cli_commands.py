@@ -4,6 +4,32 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def _is_model(path: str) -> bool:
+    """A bundle folder / zip, a run folder or its model.pt (what `segment` takes as MODEL, before the inputs)."""
+    item = Path(path)
+    return (
+        (item.is_dir() and ((item / "configs" / "metadata.json").is_file() or (item / "run.json").is_file()))
+        or (item.is_file() and item.suffix in (".zip", ".pt"))
+    )
+
+
+def split_models(positionals: list[str]) -> tuple[list[str], list[str]]:
+    """MODEL [MODEL ...] INPUT [INPUT ...]: the leading models (at least one), then the inputs (at least one)."""
+    count = 1
+    while count < len(positionals) - 1 and _is_model(positionals[count]):
+        count += 1
+    return positionals[:count], positionals[count:]
+
+
+def _device(requested: str) -> str:
+    from medtransfer.inference.segment import resolve_device
+
+    device = resolve_device(requested)
+    print(f"device: {device}" + (" (auto: CUDA, then MPS, then CPU)" if requested == "auto" else ""))
+    return str(device)
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -11,18 +37,30 @@ def _segment(args: argparse.Namespace) -> int:
     from medtransfer.inference.segment import SUMMARY_NAME, SegmentError, segment
     from medtransfer.training.precision import PrecisionError
 
+    models, inputs = split_models([args.model, *args.inputs])
+    if not inputs:
+        print("error: give at least one INPUT after the model(s)", file=sys.stderr)
+        return 2
     try:
+        device = _device(args.device)
+        if len(models) > 1:
+            print(f"ensemble of {len(models)} models: {', '.join(models)}")
         results = segment(
-            args.model,
-            args.inputs,
+            models if len(models) > 1 else models[0],
+            inputs,
             args.output,
             series_uid=args.series_uid,
             overwrite=args.overwrite,
             trusted=args.trusted,
             allow_uneven=args.allow_uneven,
-            device=args.device,
+            device=device,
             progress=not args.no_progress,
             precision=args.precision,
+            tta=args.tta,
+            postprocess=not args.no_postprocess,
+            segment_code=args.segment_code,
+            segment_category=args.segment_category,
+            preview=args.preview,
         )
     except (BundleError, SegmentError, PrecisionError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -40,6 +78,8 @@ def _segment(args: argparse.Namespace) -> int:
             print(f"    warning: {warning}")
     failed = sum(not r.ok for r in results)
     print(f"{len(results) - failed} of {len(results)} scans segmented; summary: {args.output}/{SUMMARY_NAME}")
+    if args.preview:
+        print(f"previews: {args.output}/index.html")
     return 1 if failed else 0
 
 
@@ -78,7 +118,9 @@ def register(subparsers) -> None:
             "settings, and the weights must match their sha256; --trusted evaluates the bundle's configs instead."
         ),
     )
-    seg.add_argument("model", metavar="MODEL_OR_BUNDLE", help="bundle folder or .zip, or a finished run folder")
+    seg.add_argument("model", metavar="MODEL_OR_BUNDLE",
+                     help="bundle folder or .zip, or a finished run folder; several leading models form an ensemble "
+                          "(same architecture, probabilities averaged)")
     seg.add_argument("inputs", metavar="INPUT", nargs="+",
                      help="NIfTI file, folder of NIfTI files, or folder of DICOM series")
     seg.add_argument("--output", "-o", required=True, help="folder for the masks and summary.csv")
@@ -88,7 +130,18 @@ def register(subparsers) -> None:
                      help="evaluate the bundle's configs (custom code, $ expressions): only for bundles you trust")
     seg.add_argument("--allow-uneven", action="store_true",
                      help="segment DICOM series with uneven spacing or missing slices (warn instead of refusing)")
-    seg.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    seg.add_argument("--device", default="auto",
+                     help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    seg.add_argument("--tta", action="store_true",
+                     help="test-time augmentation: average probabilities over flips of every spatial axis")
+    seg.add_argument("--no-postprocess", action="store_true",
+                     help="skip the post-processing the model learned on its validation split")
+    seg.add_argument("--segment-code", metavar="SCHEME:VALUE:MEANING",
+                     help="DICOM-SEG segmented property type, e.g. SCT:10200004:Liver (default: the model's)")
+    seg.add_argument("--segment-category", metavar="SCHEME:VALUE:MEANING",
+                     help="DICOM-SEG property category (default: the model's, or SCT:123037004:Anatomical Structure)")
+    seg.add_argument("--preview", action="store_true",
+                     help="write previews/<scan>.png (mask outline over the image) and index.html")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                      help="auto: bf16 autocast on CPUs with native bf16, CUDA AMP on GPUs, fp32 elsewhere")

@@ -35,6 +35,42 @@ _REQUIRED_EMPTY_OK = (
     "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
     "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
 )
+# Coding schemes a segment code may use: SNOMED CT (what DICOM CID 7150/7151 use) and DICOM's own.
+CODE_SCHEMES = ("SCT", "DCM")
+# DICOM CID 7150 "Anatomical Structure" (the category the issue and dcmqi/TotalSegmentator use for organs).
+ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+# For a model whose data manifest gives no code: "Tissue" is true of any foreground and claims no organ.
+GENERIC_CATEGORY = Code("85756007", "SCT", "Tissue")
+GENERIC_TYPE = Code("85756007", "SCT", "Tissue")
+
+
+class SegmentCodeError(ValueError):
+    """A segment code that is not SCHEME:VALUE:MEANING with a known scheme."""
+
+
+def parse_code(text, where: str = "segment code") -> Code:
+    """``"SCT:10200004:Liver"`` (or a ``{"scheme", "value", "meaning"}`` dict) -> a pydicom Code."""
+    if isinstance(text, Code):
+        return text
+    if isinstance(text, dict):
+        parts = [text.get("scheme"), text.get("value"), text.get("meaning")]
+    else:
+        parts = str(text).split(":", 2)
+    if len(parts) != 3 or not all(isinstance(p, str) and p.strip() for p in parts):
+        raise SegmentCodeError(f"{where} {text!r}: expected SCHEME:VALUE:MEANING, e.g. SCT:10200004:Liver")
+    scheme, value, meaning = (p.strip() for p in parts)
+    if scheme not in CODE_SCHEMES:
+        raise SegmentCodeError(
+            f"{where} {text!r}: unknown coding scheme {scheme!r}; use one of {', '.join(CODE_SCHEMES)} "
+            f"(SCT = SNOMED CT)"
+        )
+    if scheme == "SCT" and not value.isdigit():
+        raise SegmentCodeError(f"{where} {text!r}: a SNOMED CT code value is a number, got {value!r}")
+    return Code(value, scheme, meaning[:64])
+
+
+def code_dict(code: Code) -> dict:
+    return {"scheme": code.scheme_designator, "value": code.value, "meaning": code.meaning}
 
 
 def _source_datasets(series: SeriesInfo) -> list[Dataset]:

@@ -43,6 +43,7 @@ from medtransfer.inference.bundle_loading import (
     safe_spec,
 )
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
+from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess, postprocessing_note
 from medtransfer.inference.standalone import REQUIRED_PACKAGES, StandaloneError, inference_config, write_scripts
 from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run, read_run_record
 from medtransfer.training.weights import WeightsError, load_weights
@@ -290,6 +291,7 @@ def model_card(meta: dict) -> str:
     data, prov, metrics = meta["training_data"], meta["provenance"], meta["eval_metrics"]
     pre = meta["preprocessing"]
     dims = pre["spatial_dims"]
+    postprocessing = postprocessing_note(meta.get(CLINICAL_KEY) or {})
     citations = "\n".join(f"  - {c}" for c in data.get("citation") or []) or "  - (none given in the data manifest)"
     exports = "\n".join(
         f"- `{info['file']}`: {'same mask as the PyTorch model' if info['same_mask'] else 'MASK DIFFERS'} on "
@@ -392,7 +394,7 @@ Exports:
 {exports}
 
 ## Limitations
-- Binary: one structure per model; the mask is the argmax of two classes, without post-processing.
+- Binary: one structure per model; the mask is the argmax of two classes. Post-processing: {postprocessing}.
 - Trained on {data.get('n_training')} cases of one data set; performance elsewhere is unknown.
 - A small network sized for CPUs; accuracy is below a fully trained nnU-Net.
 - DICOM series must be complete, evenly spaced and unsheared; `segment` refuses others (or warns with
@@ -546,12 +548,15 @@ def export_bundle(
     template_spec = safe_spec(template, read_config_file(template_inference), template_inference)
     try:
         inference = inference_config(network, config, target_spacing, [int(s) for s in config["patch_size"]],
-                                     template_spec.sw_batch_size, template_spec.overlap)
+                                     template_spec.sw_batch_size, template_spec.overlap,
+                                     postprocess=learned_postprocess(record))
     except StandaloneError as error:
         raise ExportError(f"{run}: {error}") from None
     text = json.dumps(inference, indent=2) + "\n"
     _check_no_machine_paths(text, run)
-    spec = safe_spec(output, inference, output / INFERENCE_CONFIG)  # the export must load safely
+    learned = learned_postprocess(record)
+    spec = safe_spec(output, inference, output / INFERENCE_CONFIG,  # the export must load safely
+                     {CLINICAL_KEY: {"postprocessing": learned}} if learned else None)
     _check_literal_network(spec, network, run)
     inferer = {"roi_size": spec.roi_size, "sw_batch_size": spec.sw_batch_size, "overlap": spec.overlap}
     meta = _metadata(template_meta, record, run, manifest_content, target_spacing, version, inferer,
@@ -568,6 +573,10 @@ def export_bundle(
         shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
         shutil.copyfile(template / registry.LICENSE, staging / registry.LICENSE)
         meta[CHECKSUM_KEY][WEIGHTS_PATH] = sha256_of(staging / WEIGHTS_PATH)
+        meta[CLINICAL_KEY] = export_clinical(  # post-processing, DICOM-SEG codes, identity (model_info)
+            record, manifest_content, version, meta[CHECKSUM_KEY][WEIGHTS_PATH],
+            meta["network_data_format"]["outputs"]["pred"]["channel_def"]["1"],
+        )
 
         exported = []
         if torchscript:

@@ -37,8 +37,12 @@ from medtransfer.atomic import atomic_write
 from medtransfer.data.dicom import DicomInputError, SeriesInfo, find_series, select_series
 from medtransfer.data.readers import DicomSeriesReader
 from medtransfer.inference.bundle_loading import SegmentationModel, load_model
-from medtransfer.inference.dicom_seg import write_dicom_seg
+from medtransfer.inference.dicom_seg import (
+    GENERIC_CATEGORY, GENERIC_TYPE, SegmentCodeError, parse_code, write_dicom_seg,
+)
 from medtransfer.inference.inputs import IMAGE_SUFFIXES
+from medtransfer.inference.model_info import CLINICAL_KEY
+from medtransfer.inference.postprocess import PostprocessError, apply_postprocessing, check_postprocessing
 from medtransfer.inference.inputs import is_dicom_file as _is_dicom
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,198 @@ _WARNING_LOGGERS = ("medtransfer.data.dicom", "medtransfer.inference.dicom_seg")
 
 class SegmentError(MedtransferError, RuntimeError):
     """`segment` cannot start (e.g. it would overwrite outputs); per-scan problems become failed rows instead."""
+
+
+class DeviceError(SegmentError):
+    """The requested torch device does not exist or is not available on this machine."""
+
+
+class EnsembleError(SegmentError):
+    """Models that cannot be averaged (other architecture, channels, preprocessing) or TTA a model forbids."""
+
+
+# --- device, models, probabilities (TTA and ensembles) ------------------------------------------------------
+
+
+def resolve_device(requested: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU. A named device must exist here, else DeviceError (no traceback)."""
+    if requested is None or str(requested) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as error:
+        raise DeviceError(f"unknown device {str(requested)!r} ({error}); use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"device {str(requested)!r}: CUDA is not available on this machine; use --device auto or cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {str(requested)!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(f"device {str(requested)!r}: Apple MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise DeviceError(f"device {str(requested)!r}: not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def clinical(model: SegmentationModel) -> dict:
+    """The model's ``clinical`` metadata (post-processing, AMP / flip flags, codes, identity); {} if it has none."""
+    return dict((model.metadata or {}).get(CLINICAL_KEY) or {})
+
+
+def _autocast(model: SegmentationModel):
+    """CUDA autocast (AMP) when the model is on a GPU and its metadata allows it; otherwise a no-op."""
+    enabled = model.device.type == "cuda" and clinical(model).get("amp") is True
+    return torch.autocast(device_type="cuda", dtype=torch.float16, enabled=enabled) if enabled else _nothing()
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def _target_spacing(model: SegmentationModel):
+    for transform in getattr(model.preprocessing, "transforms", []):
+        spacing = getattr(getattr(transform, "spacing_transform", None), "pixdim", None)
+        if spacing is not None:
+            return [round(float(s), 6) for s in np.atleast_1d(spacing)]
+    return None
+
+
+def _input_channels(network: torch.nn.Module, spatial_dims: int) -> int | None:
+    for tensor in network.state_dict().values():
+        if tensor.ndim == spatial_dims + 2:  # the first convolution's weight: (out, in, *kernel)
+            return int(tensor.shape[1])
+    return None
+
+
+def check_ensemble(models: Sequence[SegmentationModel]) -> None:
+    """Models whose probabilities can be averaged: same dimensions, channels, parameter shapes and preprocessing."""
+    first = models[0]
+    shapes = {k: tuple(v.shape) for k, v in first.network.state_dict().items()}
+    for other in models[1:]:
+        where = f"ensemble: {other.source} vs {first.source}"
+        if other.spatial_dims != first.spatial_dims:
+            raise EnsembleError(f"{where}: {other.spatial_dims}D vs {first.spatial_dims}D models")
+        channels = (_input_channels(other.network, other.spatial_dims),
+                    _input_channels(first.network, first.spatial_dims))
+        if channels[0] != channels[1]:
+            raise EnsembleError(f"{where}: {channels[0]} input channel(s) vs {channels[1]}")
+        if type(other.network) is not type(first.network):
+            raise EnsembleError(
+                f"{where}: different architectures ({type(other.network).__name__} vs {type(first.network).__name__})"
+            )
+        other_shapes = {k: tuple(v.shape) for k, v in other.network.state_dict().items()}
+        if other_shapes != shapes:
+            differing = sorted(set(shapes) ^ set(other_shapes)) or [k for k in shapes if shapes[k] != other_shapes[k]]
+            raise EnsembleError(
+                f"{where}: different architectures (parameters differ, e.g. {differing[0]}: "
+                f"{other_shapes.get(differing[0])} vs {shapes.get(differing[0])})"
+            )
+        if _target_spacing(other) != _target_spacing(first):
+            raise EnsembleError(
+                f"{where}: trained at different spacings ({_target_spacing(other)} vs {_target_spacing(first)}), "
+                f"so their outputs are on different grids"
+            )
+
+
+def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every combination of flipped spatial axes (nnU-Net's mirroring): 4 in 2D, 8 in 3D, identity first."""
+    from itertools import combinations
+
+    axes = range(2, 2 + spatial_dims)  # tensor axes of (1, C, *spatial)
+    return [combo for size in range(spatial_dims + 1) for combo in combinations(axes, size)]
+
+
+def check_tta(models: Sequence[SegmentationModel]) -> None:
+    for model in models:
+        if clinical(model).get("lateralised_anatomy"):
+            raise EnsembleError(
+                f"{model.source}: --tta flips the image, but this model's metadata marks its anatomy as lateralised "
+                f"(left and right differ: clinical.lateralised_anatomy); run without --tta"
+            )
+
+
+def probabilities(models: Sequence[SegmentationModel], image: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities of a (1, C, *spatial) image averaged over ``models`` and, with ``tta``, over flips."""
+    total = None
+    count = 0
+    for model in models:
+        for axes in flip_axes(model.spatial_dims) if tta else [()]:
+            flipped = image.flip(axes) if axes else image
+            with _autocast(model):
+                logits = model.predict(flipped)
+            probs = torch.softmax(logits.float(), dim=1)
+            probs = probs.flip(axes) if axes else probs
+            total = probs if total is None else total + probs
+            count += 1
+            del logits
+    return total / count
+
+
+# --- segment codes and the model's identity in DICOM-SEG ----------------------------------------------------
+
+
+def segment_coding(model: SegmentationModel, override: str | None = None, category: str | None = None) -> dict:
+    """DICOM-SEG label, category and type codes and algorithm identity for ``model``.
+
+    Type: ``override`` (``--segment-code SCT:10200004:Liver``), else the model's metadata (from the data manifest's
+    ``label_codes``), else a generic "Tissue" code (``generic`` true: the caller warns). Category: ``category``,
+    else the metadata's (with the metadata's type), else Anatomical Structure for a given type, else "Tissue".
+    Raises SegmentCodeError for a malformed code or an unknown scheme.
+    """
+    info = clinical(model)
+    segment_meta = info.get("segment") or {}
+    generic = False
+    if override:
+        type_code = parse_code(override, "--segment-code")
+        default_category = parse_code("SCT:123037004:Anatomical Structure")
+    elif segment_meta.get("type"):
+        type_code = parse_code(segment_meta["type"], f"{model.source}: metadata clinical.segment.type")
+        default_category = parse_code(
+            segment_meta.get("category") or "SCT:123037004:Anatomical Structure",
+            f"{model.source}: metadata clinical.segment.category",
+        )
+    else:
+        generic = True
+        type_code, default_category = GENERIC_TYPE, GENERIC_CATEGORY
+    category_code = parse_code(category, "--segment-category") if category else default_category
+    algorithm = info.get("algorithm") or {}
+    name = str(algorithm.get("name") or f"medtransfer {Path(model.source.split(' ', 1)[-1]).name}")
+    version = str(algorithm.get("version") or "unversioned")
+    digest = algorithm.get("weights_sha256")
+    if digest:
+        version = f"{version} sha256:{digest[:16]}"
+    return {
+        "label": model.label_name[:64] or "foreground", "category": category_code, "type": type_code,
+        "generic": generic, "algorithm_name": name[:64], "algorithm_version": version[:64],
+    }
+
+
+def _postprocessing_of(models: Sequence[SegmentationModel], enabled: bool) -> dict | None:
+    """The first model's learned post-processing (an ensemble uses its first member's), unless disabled."""
+    if not enabled:
+        return None
+    try:
+        return check_postprocessing(clinical(models[0]).get("postprocessing"), f"{models[0].source} postprocessing")
+    except PostprocessError as error:
+        raise SegmentError(str(error)) from None
+
+
+def load_models(models, trusted: bool, device: torch.device) -> list[SegmentationModel]:
+    items = [models] if isinstance(models, (str, os.PathLike, SegmentationModel)) else list(models)
+    if not items:
+        raise SegmentError("no model given")
+    return [m if isinstance(m, SegmentationModel) else load_model(m, trusted=trusted, device=device) for m in items]
 
 
 @dataclass
@@ -312,21 +508,37 @@ def _write_nifti(mask: np.ndarray, affine: np.ndarray, source: Path, path: Path)
         temporary.unlink(missing_ok=True)
 
 
-def _segment_scan(model: SegmentationModel, scan: _Scan, nifti: Path, dicom: Path | None, allow_uneven: bool) -> dict:
+@dataclass
+class SegmentOptions:
+    """How each scan is predicted and written: the ensemble, TTA, post-processing, DICOM-SEG coding, preview."""
+
+    models: list[SegmentationModel]
+    tta: bool = False
+    postprocessing: dict | None = None
+    coding: dict | None = None
+    preview: bool = False
+
+
+def _segment_scan(model: SegmentationModel, scan: _Scan, nifti: Path, dicom: Path | None, allow_uneven: bool,
+                  options: SegmentOptions | None = None) -> dict:
+    options = options or SegmentOptions(models=[model])
     pipeline = _pipeline(model, scan, allow_uneven)
     data = pipeline({"image": str(scan.input)})
     image = data["image"]
     original_shape = tuple(int(s) for s in image.meta["spatial_shape"])
     original_affine = image.meta.get("original_affine")  # readers of PNG etc. do not record it
     plain = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
-    logits = model.predict(plain[None])[0]
+    probs = probabilities(options.models, plain[None], tta=options.tta)[0]
     # argmax; for two channels a comparison gives the same (ties -> 0) at a fraction of torch's strided argmax cost
-    labels = (logits[1] > logits[0]) if logits.shape[0] == 2 else logits.argmax(0)
+    labels = (probs[1] > probs[0]) if probs.shape[0] == 2 else probs.argmax(0)
     data["pred"] = MetaTensor(labels[None].to(torch.float32).cpu())
-    del logits, labels
-    data = Invertd(keys="pred", transform=pipeline, orig_keys="image", nearest_interp=True, to_tensor=True)(data)
+    del probs, labels
+    keys = ["pred", "image"] if options.preview else "pred"
+    data = Invertd(keys=keys, transform=pipeline, orig_keys="image", nearest_interp=[True, False][: len(keys)]
+                   if options.preview else True, to_tensor=True)(data)
     pred = data["pred"]
     mask = np.asarray(pred[0].detach().cpu().numpy()).round().astype(np.uint8)
+    mask = _postprocess(mask, pred, options.postprocessing)
     affine = np.asarray(pred.affine, dtype=float)
     same_affine = original_affine is None or np.allclose(
         _affine4(affine), _affine4(np.asarray(original_affine, dtype=float)), atol=1e-3
@@ -340,18 +552,40 @@ def _segment_scan(model: SegmentationModel, scan: _Scan, nifti: Path, dicom: Pat
     _write_nifti(mask, affine, scan.input, nifti)
     if dicom is not None:
         try:
-            write_dicom_seg(
-                mask, scan.series, dicom, segment_label=model.label_name[:64] or "foreground",
-                description=f"medtransfer {model.label_name}"[:64],
-            )
+            write_dicom_seg(mask, scan.series, dicom, **_dicom_seg_arguments(model, options))
         except Exception:
             nifti.unlink(missing_ok=True)  # no half-finished pair: the NIfTI alone would look like a full result
             raise
     n_voxels = int(mask.sum())
     voxel_mm3 = abs(float(np.linalg.det(_affine4(affine)[:3, :3]))) if mask.ndim == 3 else None
-    return {
+    measured = {
         "n_voxels": n_voxels,
         "volume_ml": round(n_voxels * voxel_mm3 / 1000.0, 4) if voxel_mm3 is not None else None,
+    }
+    if options.preview:
+        image = data["image"]
+        measured["preview_image"] = np.asarray(image[0].detach().cpu().numpy(), dtype=np.float32)
+        measured["preview_mask"], measured["preview_affine"] = mask, _affine4(affine)
+    return measured
+
+
+def _postprocess(mask: np.ndarray, pred, spec: dict | None) -> np.ndarray:
+    """The learned post-processing in the output grid (spacing from the mask's affine: mm³, or mm² in 2D)."""
+    if spec is None:
+        return mask
+    spacing = [float(s) for s in getattr(pred, "pixdim", [])][: mask.ndim] or None
+    return apply_postprocessing(mask, spec, spacing).astype(np.uint8)
+
+
+def _dicom_seg_arguments(model: SegmentationModel, options: SegmentOptions) -> dict:
+    coding = options.coding or segment_coding(model)
+    return {
+        "segment_label": coding["label"],
+        "description": f"{coding['algorithm_name']} {coding['label']}"[:64],
+        "algorithm_name": coding["algorithm_name"],
+        "algorithm_version": coding["algorithm_version"],
+        "segmented_property_category": coding["category"],
+        "segmented_property_type": coding["type"],
     }
 
 
@@ -423,9 +657,14 @@ def segment(
     overwrite: bool = False,
     trusted: bool = False,
     allow_uneven: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool = True,
     precision: str | None = "auto",
+    tta: bool = False,
+    postprocess: bool = True,
+    segment_code: str | None = None,
+    segment_category: str | None = None,
+    preview: bool = False,
 ) -> list[ScanResult]:
     """Segment every scan in ``inputs`` with a bundle / run folder (or a loaded SegmentationModel).
 
@@ -433,24 +672,31 @@ def segment(
     ``summary.csv`` into ``output``. ``series_uid`` picks one series of a folder holding several (``"all"``: each).
     Raises BundleError / UntrustedBundleError for a model that cannot be used safely, SegmentError if outputs
     exist and ``overwrite`` is false (checked before anything is computed). A scan that fails gets status
-    "failed" and its error; the others go on. ``precision`` follows the training rule (auto: bf16 autocast on CPUs
-    with native bf16, CUDA AMP on GPUs, fp32 elsewhere; medtransfer.training.precision); None keeps the model's.
+    "failed" and its error; the others go on.
+
+    ``model_or_bundle`` may be a list: an ensemble of models of one architecture (probabilities averaged).
+    ``device`` "auto" picks CUDA, MPS, then CPU (DeviceError for an unavailable one). ``tta`` averages over flips;
+    ``postprocess`` applies the model's learned post-processing; ``segment_code`` (SCHEME:VALUE:MEANING) overrides
+    the DICOM-SEG type code; ``preview`` writes ``previews/<scan>.png`` and ``index.html``.
+    ``precision`` follows the training rule (auto: bf16 autocast on CPUs with native bf16, CUDA AMP on GPUs,
+    fp32 elsewhere; medtransfer.training.precision); None keeps the model's.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     output = Path(output)
     _check_output_folder(output, inputs)
-    model = (
-        model_or_bundle
-        if isinstance(model_or_bundle, SegmentationModel)
-        else load_model(model_or_bundle, trusted=trusted, device=device)
-    )
+    options = prepare_options(model_or_bundle, trusted, device, tta, postprocess, segment_code, segment_category,
+                              preview)
+    model = options.models[0]
     if precision is not None:
         from medtransfer.training.precision import resolve_precision
 
-        model.precision = resolve_precision(precision, model.device, announce=progress)
+        choice = resolve_precision(precision, model.device, announce=progress)
+        for member in options.models:  # every member of an ensemble runs in the same precision
+            member.precision = choice
     scans = find_scans(inputs, series_uid, exclude=output)
     planned = [path for scan in scans if scan.error is None for path in _outputs(scan, output) if path is not None]
+    planned += _preview_outputs(scans, output) if preview else []
     existing = [p for p in (*planned, output / SUMMARY_NAME) if p.exists()]
     if existing and not overwrite:
         listing = "\n".join(f"  {p}" for p in existing[:20])
@@ -462,12 +708,13 @@ def segment(
     from medtransfer.folder_lock import FolderLock
 
     with FolderLock(output, "output folder"):  # a second `segment` into the same folder stops here
-        return _segment_all(model, scans, output, allow_uneven, progress)
+        return _segment_all(model, scans, output, allow_uneven, progress, options)
 
 
 def _segment_all(model: SegmentationModel, scans: list[_Scan], output: Path, allow_uneven: bool,
-                 progress: bool) -> list[ScanResult]:
+                 progress: bool, options: SegmentOptions) -> list[ScanResult]:
     results: list[ScanResult] = []
+    previews: dict[str, str] = {}
     bar = tqdm(scans, desc="segment", unit="scan", disable=not progress)
     for scan in bar:
         bar.set_postfix_str(scan.name)
@@ -480,7 +727,8 @@ def _segment_all(model: SegmentationModel, scans: list[_Scan], output: Path, all
         started = time.perf_counter()
         with _collect_warnings() as warnings:
             try:
-                measured = _segment_scan(model, scan, nifti, dicom, allow_uneven)
+                measured = _segment_scan(model, scan, nifti, dicom, allow_uneven, options)
+                _keep_preview(previews, scan, measured, options, output)
                 result.output_nifti = str(nifti)
                 result.output_dicom_seg = str(dicom) if dicom else None
                 result.n_voxels, result.volume_ml = measured["n_voxels"], measured["volume_ml"]
@@ -493,6 +741,52 @@ def _segment_all(model: SegmentationModel, scans: list[_Scan], output: Path, all
                 logger.debug("scan %s failed", scan.input, exc_info=True)
         result.seconds = round(time.perf_counter() - started, 3)
         result.warnings += [w for w in warnings if w not in result.warnings]
+        if dicom is not None and options.coding and options.coding["generic"]:
+            result.warnings.append(_GENERIC_CODE_WARNING)
         results.append(result)
     write_summary(results, output / SUMMARY_NAME)
+    if options.preview:
+        from medtransfer.inference.preview import write_index
+
+        write_index(output, results, previews)
     return results
+
+
+_GENERIC_CODE_WARNING = (
+    "DICOM-SEG segment coded with the generic SCT 85756007 'Tissue': the model's data manifest gives no "
+    "label_codes; pass --segment-code SCHEME:VALUE:MEANING (e.g. SCT:10200004:Liver)"
+)
+
+
+def prepare_options(model_or_bundle, trusted: bool, device, tta: bool, postprocess: bool, segment_code,
+                    segment_category, preview: bool) -> SegmentOptions:
+    """Load and check the model(s) and settle TTA, post-processing and coding before any scan is read."""
+    models = load_models(model_or_bundle, trusted, resolve_device(device))
+    if len(models) > 1:
+        check_ensemble(models)
+    if tta:
+        check_tta(models)
+    try:
+        coding = segment_coding(models[0], segment_code, segment_category)
+    except SegmentCodeError as error:
+        raise SegmentError(str(error)) from None
+    return SegmentOptions(
+        models=models, tta=tta, postprocessing=_postprocessing_of(models, postprocess), coding=coding, preview=preview,
+    )
+
+
+def _preview_outputs(scans: Sequence[_Scan], output: Path) -> list[Path]:
+    return [output / "previews" / f"{s.name}.png" for s in scans if s.error is None] + [output / "index.html"]
+
+
+def _keep_preview(previews: dict, scan: _Scan, measured: dict, options: SegmentOptions, output: Path) -> None:
+    """Write ``previews/<scan>.png`` and remember its path for index.html."""
+    if not options.preview:
+        return
+    from medtransfer.inference.preview import write_preview
+
+    path = write_preview(
+        output / "previews" / f"{scan.name}.png", measured.pop("preview_image"), measured.pop("preview_mask"),
+        measured.pop("preview_affine"), title=scan.name,
+    )
+    previews[scan.name] = str(path.relative_to(output))

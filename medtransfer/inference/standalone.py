@@ -46,7 +46,10 @@ SCRIPTS: dict[str, tuple[str, dict[str, str]]] = {
             "ManifestError = ValueError  # medtransfer.data.ManifestError is a ValueError"}),
     "scripts/inputs.py": ("medtransfer.inference.inputs", {}),
     "scripts/integrity.py": ("medtransfer.inference.bundle_integrity", {}),
+    # the learned post-processing (needs scipy: listed in the metadata's required packages when used)
+    "scripts/postprocess.py": ("medtransfer.inference.postprocess", {}),
 }
+POSTPROCESS_STEP = "scripts.postprocess.PostprocessMaskd"
 SCRIPTS_INIT = '"""Code this bundle\'s configs/inference.json uses beyond MONAI (copied from medtransfer at export)."""\n'
 
 
@@ -119,12 +122,16 @@ def preprocessing_def(spatial_dims: int, target_spacing) -> dict:
     return {"_target_": COMPOSE, "transforms": chain}
 
 
-def postprocessing_def() -> dict:
-    """argmax, back to the input's geometry (nearest), saved as uint8 ``<name>_seg<ext>``."""
+def postprocessing_def(postprocess: dict | None = None) -> dict:
+    """argmax, [the learned post-processing on the network's grid,] back to the input's geometry (nearest),
+    saved as uint8 ``<name>_seg<ext>``. ``postprocess``: PostprocessMaskd's arguments (run.json ``postprocessing``).
+    """
+    learned = [{"_target_": POSTPROCESS_STEP, "keys": "pred", **postprocess}] if postprocess else []
     return {
         "_target_": COMPOSE,
         "transforms": [
             {"_target_": "monai.transforms.AsDiscreted", "keys": "pred", "argmax": True},
+            *learned,
             {"_target_": "monai.transforms.Invertd", "keys": "pred", "transform": "@preprocessing",
              "orig_keys": "image", "nearest_interp": True, "to_tensor": True},
             {"_target_": "monai.transforms.SaveImaged", "keys": "pred", "output_dir": "@output_dir",
@@ -144,7 +151,7 @@ def spacing_in(preprocessing) -> list | None:
 
 
 def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi_size, sw_batch_size: int = 4,
-                     overlap: float = 0.25) -> dict:
+                     overlap: float = 0.25, postprocess: dict | None = None) -> dict:
     """The whole configs/inference.json: MONAI wiring, the run's settings as literal arguments."""
     dims = int(config["spatial_dims"])
     return {
@@ -167,7 +174,7 @@ def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi
                        "shuffle": False, "num_workers": 0},
         "inferer": {"_target_": "monai.inferers.SlidingWindowInferer", "roi_size": [int(s) for s in roi_size],
                     "sw_batch_size": int(sw_batch_size), "overlap": float(overlap)},
-        "postprocessing": postprocessing_def(),
+        "postprocessing": postprocessing_def(postprocess),
         "handlers": [{"_target_": "monai.handlers.StatsHandler", "iteration_log": False}],
         "evaluator": {
             "_target_": "monai.engines.SupervisedEvaluator",

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.coding import Code
 
 from medtransfer.data.dicom import DicomInputError, read_series, select_series
 from medtransfer.inference.dicom_seg import read_dicom_seg, write_dicom_seg
@@ -108,3 +109,101 @@ def test_misaligned_or_foreign_seg_is_refused(test_data, tmp_path):
     shifted.save_as(tmp_path / "shifted.dcm")
     with pytest.raises(DicomInputError, match=r"frame 1 is at .* but its source 03\.dcm is at"):
         read_dicom_seg(tmp_path / "shifted.dcm", liver)
+
+
+# --- segment codes and the model's identity -------------------------------------------------------------------
+
+
+def test_segment_codes_parse_and_unknown_schemes_are_named():
+    from medtransfer.inference.dicom_seg import SegmentCodeError, parse_code
+
+    assert parse_code("SCT:10200004:Liver") == Code("10200004", "SCT", "Liver")
+    assert parse_code({"scheme": "DCM", "value": "113076", "meaning": "Segmentation"}).scheme_designator == "DCM"
+    with pytest.raises(SegmentCodeError, match=r"'FMA:7197:Liver': unknown coding scheme 'FMA'"):
+        parse_code("FMA:7197:Liver")
+    with pytest.raises(SegmentCodeError, match="expected SCHEME:VALUE:MEANING"):
+        parse_code("Liver")
+    with pytest.raises(SegmentCodeError, match="a SNOMED CT code value is a number"):
+        parse_code("SCT:liver:Liver")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, test_data):
+    from tests.inference.test_bundle_loading import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("codes"), test_data)
+
+
+def _segment_of(path):
+    seg = hd.seg.segread(path)
+    return seg, seg.get_segment_description(1)
+
+
+def test_manifest_codes_travel_into_the_bundle_and_the_dicom_seg(bundle, test_data, tmp_path):
+    import json
+
+    from medtransfer.atomic import sha256_of
+    from medtransfer.inference.segment import segment
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    clinical = meta["clinical"]
+    assert clinical["segment"]["type"] == {"scheme": "SCT", "value": "5366008", "meaning": "Hippocampus"}
+    assert clinical["segment"]["category"]["value"] == "123037004"
+    digest = sha256_of(bundle / "models" / "model.pt")
+    assert clinical["algorithm"] == {"name": "medtransfer binary_seg_3d msd_hippocampus", "version": "0.1.0",
+                                     "weights_sha256": digest}
+
+    ct = test_data / LIVER / "dicom" / "ct"
+    result = segment(bundle, ct, tmp_path / "manifest_code", progress=False)[0]
+    assert result.ok, result.error
+    seg, description = _segment_of(result.output_dicom_seg)
+    assert description.segmented_property_type == Code("5366008", "SCT", "Hippocampus")
+    assert description.segmented_property_category == Code("123037004", "SCT", "Anatomical Structure")
+    algorithm = description.algorithm_identification[0]
+    assert algorithm.AlgorithmName == "medtransfer binary_seg_3d msd_hippocampus"
+    assert algorithm.AlgorithmVersion == f"0.1.0 sha256:{digest[:16]}"
+    assert not any("generic" in w for w in result.warnings)
+
+    override = segment(bundle, ct, tmp_path / "override", progress=False, segment_code="SCT:10200004:Liver")[0]
+    _, description = _segment_of(override.output_dicom_seg)
+    assert description.segmented_property_type == Code("10200004", "SCT", "Liver")
+    assert description.segmented_property_category == Code("123037004", "SCT", "Anatomical Structure")
+    assert description.segment_label == "hippocampus"
+
+    from medtransfer.inference.segment import SegmentError
+
+    with pytest.raises(SegmentError, match="--segment-code 'RADLEX:123:Liver': unknown coding scheme 'RADLEX'"):
+        segment(bundle, ct, tmp_path / "bad", progress=False, segment_code="RADLEX:123:Liver")
+    assert not (tmp_path / "bad").exists()
+    _dciodvfy(override.output_dicom_seg)
+
+
+def test_without_codes_a_generic_code_is_used_with_a_warning(bundle, test_data, tmp_path):
+    import json
+    import shutil
+
+    from medtransfer.inference.segment import segment
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    meta_path = copy / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["clinical"]["segment"]["type"], meta["clinical"]["segment"]["category"]
+    meta_path.write_text(json.dumps(meta))
+    result = segment(copy, test_data / LIVER / "dicom" / "ct", tmp_path / "out", progress=False)[0]
+    assert result.ok, result.error
+    _, description = _segment_of(result.output_dicom_seg)
+    assert description.segmented_property_type == Code("85756007", "SCT", "Tissue")
+    assert any("generic SCT 85756007 'Tissue'" in w and "--segment-code" in w for w in result.warnings)
+
+
+def _dciodvfy(path):
+    """dicom3tools' validator, when installed: no errors (warnings about optional attributes are allowed)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        return
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, "\n".join(errors)

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -223,3 +224,117 @@ def test_cli_segments_with_a_run_folder_and_exits_nonzero_on_a_failed_scan(test_
     _same_geometry(tmp_path / "out" / "hippocampus_001_seg.nii.gz", good)
     assert _cli(["segment", str(run), str(good), "--output", str(tmp_path / "out"), "--no-progress"]) == 2
     assert "already exist" in capsys.readouterr().err
+
+
+# --- device, TTA, ensembles, post-processing, segment codes --------------------------------------------------
+
+
+def test_device_auto_prefers_cuda_then_mps_and_unavailable_devices_are_clear_errors(monkeypatch, capsys):
+    from medtransfer.inference.segment import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=r"'cuda:3': only 2 CUDA device\(s\) here"):
+        resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    with pytest.raises(DeviceError, match="'mps': Apple MPS is not available"):
+        resolve_device("mps")
+    with pytest.raises(DeviceError, match="'cuda': CUDA is not available"):
+        resolve_device("cuda")
+    assert _cli(["segment", "model", "scan.nii.gz", "--output", "out", "--device", "gpu"]) == 2
+    assert "error: unknown device 'gpu'" in capsys.readouterr().err
+
+
+def _tiny_model(source, filters=(8, 16, 32), in_channels=1, spacing=None, **metadata):
+    from monai.transforms import Compose
+
+    from medtransfer.data import eval_transforms
+    from medtransfer.inference.bundle_loading import SegmentationModel
+    from medtransfer.networks import build_dynunet
+
+    return SegmentationModel(
+        network=build_dynunet(3, in_channels=in_channels, filters=filters, init_seed=len(source)).eval(),
+        spatial_dims=3, roi_size=[16, 16, 16], source=source, metadata={"clinical": metadata},
+        preprocessing=eval_transforms(3, target_spacing=spacing, with_label=False) if spacing else Compose([]),
+    )
+
+
+def test_tta_averages_all_flips_and_an_ensemble_averages_models():
+    from medtransfer.inference.segment import flip_axes, probabilities
+
+    assert flip_axes(2) == [(), (2,), (3,), (2, 3)] and len(flip_axes(3)) == 8
+    a, b = _tiny_model("run A"), _tiny_model("run BB")
+    image = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    single = probabilities([a], image)
+    assert torch.allclose(single, torch.softmax(a.predict(image), 1))
+    expected = torch.stack([
+        torch.softmax(a.predict(image.flip(axes) if axes else image), 1).flip(axes) if axes
+        else torch.softmax(a.predict(image), 1) for axes in flip_axes(3)
+    ]).mean(0)
+    tta = probabilities([a], image, tta=True)
+    assert torch.allclose(tta, expected, atol=1e-6) and not torch.allclose(tta, single, atol=1e-4)
+    assert torch.allclose(probabilities([a, b], image), (single + probabilities([b], image)) / 2, atol=1e-6)
+
+
+def test_ensembles_of_other_architectures_or_channels_and_tta_on_lateralised_models_are_refused():
+    from medtransfer.inference.segment import EnsembleError, check_ensemble, check_tta
+
+    a = _tiny_model("run A")
+    check_ensemble([a, _tiny_model("run A2")])
+    with pytest.raises(EnsembleError, match=r"run B vs run A: different architectures \(parameters differ"):
+        check_ensemble([a, _tiny_model("run B", filters=(8, 16, 64))])
+    with pytest.raises(EnsembleError, match=r"run C vs run A: 2 input channel\(s\) vs 1"):
+        check_ensemble([a, _tiny_model("run C", in_channels=2)])
+    with pytest.raises(EnsembleError, match=r"run D vs run A: trained at different spacings"):
+        check_ensemble([a, _tiny_model("run D", spacing=[2.0, 2.0, 2.0])])
+    with pytest.raises(EnsembleError, match="bundle L: --tta flips the image, but .* lateralised"):
+        check_tta([a, _tiny_model("bundle L", lateralised_anatomy=True)])
+
+
+def _components(path):
+    from scipy import ndimage
+
+    mask = np.asarray(nib.load(path).dataobj)
+    return ndimage.label(mask, structure=np.ones((3, 3, 3)))[1], int(mask.sum())
+
+
+def test_learned_postprocessing_of_a_run_is_applied_unless_disabled(test_data, tmp_path):
+    import json
+
+    run = make_run(tmp_path / "run", test_data, strategy="scratch")
+    record = json.loads((run / "run.json").read_text())
+    record["postprocessing"] = {"method": "keep_largest_component", "validation_dice": {"none": 0.5}}
+    (run / "run.json").write_text(json.dumps(record))
+    scan = test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz"
+    raw = segment(run, scan, tmp_path / "raw", postprocess=False, progress=False)[0]
+    kept = segment(run, scan, tmp_path / "kept", progress=False)[0]
+    raw_count, raw_voxels = _components(raw.output_nifti)
+    kept_count, kept_voxels = _components(kept.output_nifti)
+    assert raw_count > 1 and kept_count == 1  # the untrained network's mask is fragmented
+    assert 0 < kept_voxels < raw_voxels and kept.n_voxels == kept_voxels
+
+    record["postprocessing"] = {"method": "dilate"}
+    (run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(BundleError, match="run.json postprocessing: unknown post-processing method 'dilate'"):
+        segment(run, scan, tmp_path / "bad", progress=False)
+
+
+def test_ensemble_and_tta_run_end_to_end_from_the_cli(bundle, test_data, tmp_path, capsys):
+    scan = test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz"
+    assert _cli(["segment", str(bundle), str(bundle), str(scan), "--output", str(tmp_path / "ens"), "--tta",
+                 "--no-progress", "--device", "auto"]) == 0
+    printed = capsys.readouterr().out
+    assert "device: cpu (auto" in printed and "ensemble of 2 models" in printed
+    single = segment(bundle, scan, tmp_path / "single", tta=True, progress=False)[0]
+    # the same model twice averages to the same probabilities: the same mask
+    assert np.array_equal(np.asarray(nib.load(single.output_nifti).dataobj),
+                          np.asarray(nib.load(tmp_path / "ens" / "hippocampus_001_seg.nii.gz").dataobj))

@@ -314,8 +314,12 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
     from medtransfer.study.spec import load_study
 
     spec = load_study(study_file, data_root=data_root)  # every input error surfaces here, before any training
+    from medtransfer.study.leakage import check_study_leakage, save_leakage
+
+    leakage = check_study_leakage(spec)  # refuses stages that see target test images or target labels
     study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
+    save_leakage(study_dir, leakage)
     engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
     try:
         outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()

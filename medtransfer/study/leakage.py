@@ -169,3 +169,10 @@ def target_labels_used(study_dir: str | Path) -> dict[str, int]:
     except (OSError, ValueError):
         return {}
     return {stage["stage"]: int(stage["target_labels_used"]) for stage in record.get("stages", [])}
+
+
+def target_label_sentences(study_dir: str | Path) -> list[str]:
+    """One plain sentence per pretraining stage that learnt from target labels, for summary.md."""
+    return [f"Source `{stage}` used {count} target label{'s' if count != 1 else ''} (target training/validation "
+            f"cases whose masks it learnt from; the study file allows it with `target_labels: allowed`)."
+            for stage, count in target_labels_used(study_dir).items() if count]

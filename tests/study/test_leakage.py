@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from medtransfer.data import open_manifest
-from medtransfer.study.leakage import LeakageError, check_study_leakage, stage_leakage, target_labels_used
+from medtransfer.study.leakage import (
+    LeakageError,
+    check_study_leakage,
+    stage_leakage,
+    target_label_sentences,
+    target_labels_used,
+)
 from medtransfer.study.runner import run_study
 from medtransfer.study.spec import load_study, parse_study
 from tests.conftest import REPO_ROOT
@@ -114,6 +120,9 @@ def test_run_study_refuses_before_training_and_records_the_counts(tmp_path, medt
                                                finetune=small), name="allowed.yaml")
     run_study(allowed, tmp_path / "ok", progress=False, report=False, command_factory=fake_command())
     assert target_labels_used(tmp_path / "ok") == {"segmentation": 30}
+    assert target_label_sentences(tmp_path / "ok") == [
+        "Source `segmentation` used 30 target labels (target training/validation cases whose masks it learnt "
+        "from; the study file allows it with `target_labels: allowed`)."]
     assert target_labels_used(tmp_path / "missing") == {}
 
 

@@ -141,10 +141,36 @@ def stage_leakage(spec: StudySpec, cache: bool = True) -> list[StageLeakage]:
     return results
 
 
+def target_split_overlap(spec: StudySpec, cache: bool = True) -> list[list]:
+    """[training/validation id, test id, correlation] of duplicate images across the target's own splits: the
+    fine-tunes would be tested on copies of images they trained or were selected on."""
+    from medtransfer.data.duplicates import duplicate_pairs, fingerprints
+    from medtransfer.data.manifest import ManifestError
+    from medtransfer.data.open import open_manifest
+
+    try:
+        target = open_manifest(spec.target.path, spec.target.data_root)
+    except ManifestError as error:
+        raise StudyError(f"data manifest {spec.target.name!r}: {error}") from None
+    labelled = target.datalist("training", require_labels=False) + target.datalist("validation", require_labels=False)
+    test = target.datalist("test", require_labels=False)
+    if not labelled or not test:
+        return []
+    pairs = duplicate_pairs(fingerprints([_image(i) for i in labelled], cache=cache),
+                            fingerprints([_image(i) for i in test], cache=cache))
+    return [[labelled[i]["id"], test[j]["id"], round(c, 4)] for i, j, c in pairs]
+
+
 def check_study_leakage(spec: StudySpec, cache: bool = True) -> list[StageLeakage]:
-    """The stages' overlaps; raises LeakageError naming every offending stage and its overlapping cases."""
+    """The stages' overlaps; raises LeakageError naming every offending stage and its overlapping cases, and
+    duplicates across the target's own splits."""
     results = stage_leakage(spec, cache=cache)
     problems = [problem for result in results for problem in result.problems()]
+    within = target_split_overlap(spec, cache=cache)
+    if within:
+        problems.append(f"the target manifest {spec.target.name!r} holds duplicate images across its splits "
+                        f"(training/validation vs test): {_pairs(within)}; rebuild it with `medtransfer data "
+                        "manifest`, which keeps near-duplicate groups in one split (`medtransfer data check` lists them)")
     if problems:
         raise LeakageError("study refused before training (leakage guard):\n- " + "\n- ".join(problems))
     return results

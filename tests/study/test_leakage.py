@@ -154,3 +154,19 @@ def test_busbra_source_is_disjoint_from_busi_and_busi_on_itself_leaks(test_data,
     content["pretraining"].append(_stage("segmentation", name="busi_seg"))
     with pytest.raises(LeakageError, match=r"'busi_seg' \(segmentation on busi_breast_us_lesions.*labels of 453"):
         check_study_leakage(parse_study(content, data_root=str(test_data / "busi_breast_us_lesions")))
+
+
+def test_duplicates_across_the_target_splits_are_refused(tmp_path, medtransfer_home):
+    target = open_manifest("synthetic_2d")
+    content = json.loads(target.path.read_text())
+    content.pop("generator")
+    twin = dict(content["test"][0], id="twin_of_test")  # the same image file under a training id
+    content["training"].append(twin)
+    content["fractions"]["1.0"] = sorted([*content["fractions"]["1.0"], "twin_of_test"])
+    path = tmp_path / "twins.json"
+    path.write_text(json.dumps(content))
+    spec = parse_study(tiny_study(data_manifest=str(path), pretraining=[]) | {
+        "finetune": {"strategies": ["scratch"], "fractions": [1.0], "seeds": [0]}}, base=tmp_path,
+        data_root=str(target.data_root))
+    with pytest.raises(LeakageError, match=r"duplicate images across its splits.*twin_of_test≈case_"):
+        check_study_leakage(spec)

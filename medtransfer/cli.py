@@ -31,6 +31,7 @@ def _data_manifest(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         seed=args.seed,
         ordered=args.ordered,
+        near_duplicates=not args.no_near_duplicates,
     )
     from medtransfer.atomic import save_json
 
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--seed", type=int, default=0, help="seed of the split and of the nested fractions")
     manifest.add_argument("--ordered", action="store_true", help="split in file order (serial sections)")
     manifest.add_argument("--force", action="store_true", help="replace an existing manifest file")
+    manifest.add_argument("--no-near-duplicates", action="store_true",
+                          help="skip the near-duplicate search (every image is read once; slow for large 3D sets)")
     manifest.set_defaults(handler=_data_manifest)
     check = data.add_parser("check", help="load and validate every case of a manifest")
     check.add_argument("manifest", help="manifest name (data_manifests/) or path")

@@ -14,7 +14,8 @@ def check_cases(manifest: Manifest) -> Iterator[tuple[str, str, str | None]]:
     """Yield (split, case id, error or None) for every case, reading each file once."""
     for split in SPLITS:
         with_label = manifest.has_labels
-        load = eval_transforms(manifest.dimensions, manifest.label_map, None, with_label=with_label)
+        load = eval_transforms(manifest.dimensions, manifest.label_map, None, with_label=with_label,
+                               channels=manifest.channels)
         for case in manifest.content[split]:
             try:
                 item = manifest.datalist(split, require_labels=with_label)

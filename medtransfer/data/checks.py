@@ -1,7 +1,7 @@
 """Per-case checks run once when a case is first loaded (before caching), with errors naming the files.
 
 These are the failures users actually hit with their own data: image/label grids that differ, labels that are
-not binary, a 2D file in a 3D study, an RGB screenshot instead of a grey image.
+not binary, a 2D file in a 3D study, an RGB screenshot where the manifest says grey (`channels`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def _affine(item) -> np.ndarray | None:
     return None if affine is None else np.asarray(affine, dtype=np.float64)
 
 
-def check_image(image, dimensions: int) -> None:
-    """Single channel, right number of spatial dimensions, finite values."""
+def check_image(image, dimensions: int, channels: int = 1) -> None:
+    """The manifest's number of channels, right number of spatial dimensions, finite values."""
     name = _filename(image)
     spatial = tuple(image.shape[1:])
     if len(spatial) != dimensions:
@@ -38,8 +38,13 @@ def check_image(image, dimensions: int) -> None:
             f"{name}: a {len(spatial)}D image (shape {spatial}) given to a {dimensions}D network; "
             f"use the binary_seg_{len(spatial)}d bundle or a {dimensions}D data set"
         )
-    if image.shape[0] != 1:
-        raise CaseError(f"{name}: expected a single-channel (grey) image, got {image.shape[0]} channels")
+    if image.shape[0] != channels:
+        kind = "a single-channel (grey) image" if channels == 1 else f"{channels} channels"
+        raise CaseError(
+            f"{name}: expected {kind}, got {image.shape[0]} channel(s): the data set's manifest (`channels`) and "
+            f"the networks trained on it take {channels} (`medtransfer data manifest` reads the channels from the "
+            "images; give images with that many channels)"
+        )
     if not bool(torch.isfinite(torch.as_tensor(image)).all()):
         raise CaseError(f"{name}: image holds NaN or infinite values")
 
@@ -82,13 +87,15 @@ class ValidateCased(MapTransform):
         dimensions: int = 3,
         label_map: Mapping[int, int] | None = None,
         allow_missing_keys: bool = True,
+        channels: int = 1,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.dimensions = dimensions
+        self.channels = int(channels)
         self.label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
 
     def __call__(self, data):
-        check_image(data["image"], self.dimensions)
+        check_image(data["image"], self.dimensions, self.channels)
         if "label" in data:
             check_label(data["image"], data["label"], self.label_map)
         return data

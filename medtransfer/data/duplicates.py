@@ -203,9 +203,13 @@ def duplicate_pairs(first: Fingerprints, second: Fingerprints | None = None,
     second = first if within else second
     if len(first) and len(second) and first.thumbnails.shape[1] != second.thumbnails.shape[1]:
         raise DuplicateCheckError("cannot compare 2D images with 3D volumes (thumbnail sizes differ)")
+    import torch
+
     found: dict[tuple[int, int], float] = {}
-    for start in range(0, len(first), block):
-        scores = first.thumbnails[start:start + block] @ second.thumbnails.T
+    others = torch.from_numpy(np.ascontiguousarray(second.thumbnails, dtype=np.float32))
+    for start in range(0, len(first), block):  # correlations of unit-norm centred rows: one matrix product
+        rows_block = torch.from_numpy(np.ascontiguousarray(first.thumbnails[start:start + block], dtype=np.float32))
+        scores = (rows_block @ others.T).numpy()
         rows, cols = np.nonzero(scores > threshold)
         for row, col in zip(rows.tolist(), cols.tolist()):
             i = start + row

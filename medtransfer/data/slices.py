@@ -6,9 +6,11 @@ volumes in the 3D manifest's fraction f, so "5 % of the labelled data" still mea
 (nested exactly as in the 3D manifest).
 
 Slices are taken after reorientation to RAS (as the 3D pipeline does), along `axis` (0 = sagittal,
-1 = coronal, 2 = axial), and written as 2D NIfTI whose affine keeps the slice's world position. By default
-only slices with foreground are kept (a slice without foreground has no defined Dice; with `keep_empty` all
-are kept). Intensities and label values are copied unchanged; the 3D manifest's `label_map` is carried over.
+1 = coronal, 2 = axial), and written as 2D NIfTI whose affine keeps the slice's world position. Training and
+validation keep only slices with foreground by default (with `keep_empty` all are kept); the test split keeps
+EVERY slice, so that a volume's Dice can be reassembled from its slices with the false positives on slices
+without foreground (`medtransfer.evaluation.metrics.volume_dice`; each entry names its `volume` and `slice`).
+Intensities and label values are copied unchanged; the 3D manifest's `label_map` is carried over.
 
     medtransfer data slices msd_hippocampus --data-root DATA/msd_hippocampus --out DATA/msd_hippocampus_2d
 """
@@ -70,13 +72,16 @@ def slice_manifest(manifest, out_dir: str | Path, axis: int = 2, keep_empty: boo
         raise ManifestError(f"{manifest.name}: slicing needs a 3D manifest, this one is {manifest.dimensions}D")
     if axis not in AXIS_NAMES:
         raise ManifestError(f"axis must be 0, 1 or 2 (sagittal, coronal, axial), got {axis}")
+    if manifest.channels != 1:
+        raise ManifestError(f"{manifest.name}: slicing supports single-channel volumes; this one has "
+                            f"{manifest.channels} channels")
     out_dir = Path(out_dir)
     name = name or f"{manifest.name}_2d_{AXIS_NAMES[axis]}"
     manifest_path = out_dir / f"{name}.json"
     source_digest = hashlib.sha256(json.dumps({k: manifest.content[k] for k in (*SPLITS, "fractions")},
                                               sort_keys=True).encode()).hexdigest()[:16]
     recipe = {"source_manifest": manifest.name, "source_digest": source_digest, "axis": axis,
-              "keep_empty": keep_empty}
+              "keep_empty": keep_empty, "test_keeps_empty": True}
     if manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())
         if previous.get("derived_from") == recipe:
@@ -98,7 +103,7 @@ def slice_manifest(manifest, out_dir: str | Path, axis: int = 2, keep_empty: boo
             keep = _foreground(label_data, label_map).any(axis=tuple(a for a in range(3) if a != axis))
             ids = []
             for index in range(image.shape[axis]):
-                if not keep[index] and not keep_empty:
+                if not keep[index] and not keep_empty and split != "test":  # test: every slice (volume Dice)
                     continue
                 slice_id = f"{item['id']}_{AXIS_NAMES[axis][0]}{index:03d}"
                 affine = _slice_affine(image.affine, axis, index)
@@ -107,13 +112,13 @@ def slice_manifest(manifest, out_dir: str | Path, axis: int = 2, keep_empty: boo
                     if not target.exists():
                         _save_nifti(np.ascontiguousarray(np.take(data, index, axis=axis)), affine, target)
                 entries.append({"id": slice_id, "image": f"images/{slice_id}.nii.gz",
-                                "label": f"labels/{slice_id}.nii.gz", "volume": item["id"]})
+                                "label": f"labels/{slice_id}.nii.gz", "volume": item["id"], "slice": index})
                 ids.append(slice_id)
             slices_of[item["id"]] = ids
         content_splits[split] = entries
     fractions = {fraction_key(key): [s for volume in volumes for s in slices_of.get(volume, [])]
                  for key, volumes in manifest.content["fractions"].items()}
-    kept = "all slices" if keep_empty else "slices with foreground only"
+    kept = "all slices" if keep_empty else "training/validation: slices with foreground only; test: all slices"
     content = {
         "name": name,
         "dimensions": 2,

@@ -52,14 +52,18 @@ def load_transforms(
     label_map: Mapping | None = None,
     target_spacing: Sequence[float] | None = None,
     with_label: bool = True,
+    channels: int = 1,
 ) -> list:
-    """Load → channel first → check → relabel → orient (3D) → resample → normalise. Deterministic."""
+    """Load → channel first → check → relabel → orient (3D) → resample → normalise. Deterministic.
+
+    `channels` is the manifest's number of input channels (grey 1, RGB 3, MRI sequences); every channel is
+    normalised on its own (percentiles per channel, as nnU-Net normalises each modality)."""
     keys = _keys(with_label)
     label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
     chain = [
         _loader(keys),
         EnsureChannelFirstd(keys=keys),
-        ValidateCased(keys=keys, dimensions=dimensions, label_map=label_map),
+        ValidateCased(keys=keys, dimensions=dimensions, label_map=label_map, channels=channels),
     ]
     if with_label and label_map:
         chain.append(MapLabelValued(keys="label", orig_labels=list(label_map), target_labels=list(label_map.values())))
@@ -69,7 +73,8 @@ def load_transforms(
         modes = ("bilinear", "nearest") if with_label else ("bilinear",)
         chain.append(Spacingd(keys=keys, pixdim=list(target_spacing), mode=modes))
     chain += [
-        ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True,
+                                        channel_wise=True),
         EnsureTyped(keys="image", dtype=torch.float32),
     ]
     if with_label:
@@ -105,11 +110,13 @@ def train_transforms(
     label_map: Mapping | None = None,
     target_spacing: Sequence[float] | None = None,
     num_samples: int = 2,
+    channels: int = 1,
 ) -> Compose:
     if len(patch_size) != dimensions:
         raise ValueError(f"patch_size {list(patch_size)} does not have {dimensions} dimensions")
     return Compose(
-        load_transforms(dimensions, label_map, target_spacing) + augmentation_transforms(patch_size, num_samples)
+        load_transforms(dimensions, label_map, target_spacing, channels=channels)
+        + augmentation_transforms(patch_size, num_samples)
     )
 
 
@@ -118,8 +125,9 @@ def eval_transforms(
     label_map: Mapping | None = None,
     target_spacing: Sequence[float] | None = None,
     with_label: bool = True,
+    channels: int = 1,
 ) -> Compose:
-    return Compose(load_transforms(dimensions, label_map, target_spacing, with_label))
+    return Compose(load_transforms(dimensions, label_map, target_spacing, with_label, channels))
 
 
 def postprocessing(with_label: bool = True) -> Compose:

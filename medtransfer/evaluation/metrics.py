@@ -16,8 +16,15 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 METRIC_NAMES = ("dice", "hd95", "surface_dice")
 
 # Scores for the two cases in which MONAI's distance metrics are undefined (no surface to measure from/to).
+# With exactly one empty mask, hd95 is the worst case: the image diagonal in mm (`worst_case_hd95`).
 _BOTH_EMPTY = {"dice": 1.0, "hd95": 0.0, "surface_dice": 1.0}
-_ONE_EMPTY = {"dice": 0.0, "hd95": math.nan, "surface_dice": 0.0}
+_ONE_EMPTY = {"dice": 0.0, "surface_dice": 0.0}
+
+
+def worst_case_hd95(shape, spacing=None) -> float:
+    """The largest distance inside the image: its diagonal in mm (the HD95 of a prediction that misses all)."""
+    voxel_size = _spacing_tuple(spacing, len(shape))
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, voxel_size))))
 
 
 def case_metrics(pred, label, spacing=None, surface_tolerance_mm: float = 1.0) -> dict[str, float]:
@@ -37,9 +44,10 @@ def case_metrics(pred, label, spacing=None, surface_tolerance_mm: float = 1.0) -
 
     Empty masks (MONAI would return nan/inf and warn; these conventions keep per-case tables aggregatable):
         * both empty: the prediction is perfect, so dice 1.0, hd95 0.0, surface_dice 1.0.
-        * exactly one empty: dice 0.0 and surface_dice 0.0 (nothing matched), hd95 nan because a distance to
-          an empty surface is undefined; summaries count such cases in ``n_nan`` instead of averaging an
-          arbitrary penalty.
+        * exactly one empty (an empty prediction of a non-empty label, or the reverse): dice 0.0 and
+          surface_dice 0.0 (nothing matched), hd95 the worst case, the image diagonal in mm
+          (:func:`worst_case_hd95`), so a missed structure never disappears from an HD95 mean as a nan would.
+          Such cases are recognisable by ``volume_pred == 0 < volume_label`` (or the reverse), for counting.
 
     Raises:
         ValueError: if the shapes differ, the masks are not 2D/3D, a mask is not binary, or the spacing does
@@ -57,7 +65,7 @@ def case_metrics(pred, label, spacing=None, surface_tolerance_mm: float = 1.0) -
     if pred_empty and label_empty:
         return {**_BOTH_EMPTY, **volumes}
     if pred_empty or label_empty:
-        return {**_ONE_EMPTY, **volumes}
+        return {**_ONE_EMPTY, "hd95": worst_case_hd95(tuple(pred_t.shape), voxel_size), **volumes}
     return {**_monai_scores(pred_t, label_t, voxel_size, surface_tolerance_mm), **volumes}
 
 
@@ -120,3 +128,21 @@ def _one_hot_batch(mask: torch.Tensor) -> torch.Tensor:
     """``[*spatial]`` bool mask -> ``[1, 2, *spatial]`` float one-hot (background, foreground) as MONAI expects."""
     foreground = mask.float()
     return torch.stack([1.0 - foreground, foreground]).unsqueeze(0)
+
+
+def volume_dice(slices) -> float:
+    """Volumetric Dice of one volume from the `case_metrics` of ALL its slices (empty ones included).
+
+    Each slice gives its overlap as dice·(volume_pred + volume_label)/2, so the volume's Dice
+    2·ΣI / (ΣP + ΣL) is exact: false positives on slices without foreground count, which a mean of slice
+    Dice (or slices with foreground only) hides. A volume whose masks are both empty scores 1.0."""
+    overlap = predicted = labelled = 0.0
+    for result in slices:
+        p, l = float(result["volume_pred"]), float(result["volume_label"])
+        predicted += p
+        labelled += l
+        if p > 0 and l > 0:
+            overlap += float(result["dice"]) * (p + l) / 2
+    if predicted + labelled == 0:
+        return 1.0
+    return 2 * overlap / (predicted + labelled)

@@ -448,10 +448,10 @@ def check_bundle_weights(bundle_root: str | Path, checkpoint: str | Path | None 
 # --- public entry points ----------------------------------------------------------------------------------
 
 
-def _eval_preprocessing(spatial_dims: int, target_spacing) -> Compose:
+def _eval_preprocessing(spatial_dims: int, target_spacing, channels: int = 1) -> Compose:
     from medtransfer.data import eval_transforms
 
-    return eval_transforms(spatial_dims, target_spacing=target_spacing, with_label=False)
+    return eval_transforms(spatial_dims, target_spacing=target_spacing, with_label=False, channels=channels)
 
 
 def _label_name(metadata: Mapping) -> str:
@@ -536,7 +536,7 @@ def _load_trusted(bundle: Path, config_path: Path, metadata: dict, weights: Path
     )
 
 
-def _run_network(config: Mapping, run: Path) -> torch.nn.Module:
+def _run_network(config: Mapping, run: Path, in_channels: int = 1) -> torch.nn.Module:
     """The run's network, built like train.yaml's ``network_def`` from the recorded settings."""
     dims = int(config["spatial_dims"])
     if config.get("backbone"):
@@ -544,7 +544,7 @@ def _run_network(config: Mapping, run: Path) -> torch.nn.Module:
         if config.get("decoder_channels"):
             arguments["decoder_channels"] = config["decoder_channels"]
         return build_resnet_unet(dims, **arguments)
-    return build_dynunet(dims, filters=config.get("filters") or (16, 32, 64, 128))
+    return build_dynunet(dims, in_channels=in_channels, filters=config.get("filters") or (16, 32, 64, 128))
 
 
 def run_target_spacing(config: Mapping, manifest: str | Path | None = None) -> tuple[list[float] | None, dict]:
@@ -581,13 +581,14 @@ def load_run(
     config = record.get("config") or {}
     device = torch.device(device)
     target_spacing, content = run_target_spacing(config, manifest)
-    network = _load_into(_run_network(config, run), weights, device)
+    channels = int(content.get("channels", 1))  # the training manifest's input channels (grey 1, RGB 3, ...)
+    network = _load_into(_run_network(config, run, channels), weights, device)
     dims = int(config["spatial_dims"])
     label = str((content.get("label_meaning") or {}).get("1", "foreground")).split(" (")[0].strip() or "foreground"
     return SegmentationModel(
         network=network,
         spatial_dims=dims,
-        preprocessing=_eval_preprocessing(dims, target_spacing),
+        preprocessing=_eval_preprocessing(dims, target_spacing, channels),
         roi_size=[int(s) for s in config["patch_size"]],
         source=f"run {run}",
         label_name=label,

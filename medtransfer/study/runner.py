@@ -340,6 +340,9 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
     from medtransfer.study.spec import load_study
 
     spec = load_study(study_file, data_root=data_root, trusted=trusted)  # input errors surface here, before training
+    from medtransfer.study.leakage import check_study_leakage, save_leakage
+
+    leakage = check_study_leakage(spec)  # refuses stages that see target test images or target labels
     study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
     lock = lock_study_dir(study_dir)  # a second driver on this folder stops here
     try:
@@ -353,6 +356,7 @@ def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | 
                 allow_changed: bool, progress: bool, report: bool, command_factory: Callable[..., list[str]],
                 preload: bool) -> dict[str, Any]:
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
+    save_leakage(study_dir, leakage)
     engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
     try:
         outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()

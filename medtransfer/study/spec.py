@@ -58,7 +58,8 @@ TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "d
             "finetune", "analysis", "comparisons"}
 ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
-STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings"}
+STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings",
+              "target_labels"}
 FINETUNE_KEYS = {"strategies", "fractions", "seeds", "settings"}
 # Bundle keys the study sets itself, per run: not allowed in `settings`.
 RESERVED_SETTINGS = {"output_dir", "data_manifest", "data_root", "fraction", "seed", "strategy", "source_checkpoint",
@@ -491,11 +492,14 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
             "fraction": fraction,
             "seed": _number(raw.get("seed", 0), f"{where}.seed", int),
             "label_map": _check_label_map(raw.get("label_map"), f"{where}.label_map"),
+            "target_labels": raw.get("target_labels"),  # "allowed": may learn from target labels (leakage.py)
             "settings": stage_settings,
             "max_epochs": max_epochs,  # where pretrained.pt comes from
             "checkpoint_epochs": sorted({int(e) for e in resolved.get("checkpoint_epochs") or [] if int(e) <= max_epochs}
                                         | {max_epochs}),
         }
+        _require(stage["target_labels"] in (None, "allowed"),
+                 f"{where}: target_labels must be `allowed` or absent, not {stage['target_labels']!r}")
         _require(stage["name"] != NO_SOURCE, f"{where}: {NO_SOURCE!r} is reserved for runs without a source")
         _require(stage["name"] not in {s["name"] for s in stages},
                  f"{where}: two pretraining stages named {stage['name']!r}; give one a `name`")

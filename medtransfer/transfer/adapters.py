@@ -91,6 +91,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, format: str = "auto") ->
     try:
         chosen = detect_format(raw, model) if format == "auto" else format
         adapted = _ADAPTERS[chosen](raw, model)
+        from medtransfer.transfer.channels import adapt_input_channels  # grey <-> colour: first convolution
+
+        adapted.state = adapt_input_channels(adapted.state, model, adapted.notes)
         available = _available_parts(adapted.state, model)
         _check_declared_parts(adapted.declared_parts, available)
     except CheckpointError as error:

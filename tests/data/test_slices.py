@@ -40,8 +40,14 @@ def test_slices_keep_volumes_together_and_copy_voxels(volumes, tmp_path):
     image3d = nib.as_closest_canonical(nib.load(item["image"]))
     label3d = np.asanyarray(nib.as_closest_canonical(nib.load(item["label"])).dataobj)
     kept = [case for case in content["test"] if case["volume"] == item["id"]]
-    assert len(kept) == int((label3d > 0).any(axis=(0, 1)).sum())  # only slices with foreground
-    index = int(kept[0]["id"].rsplit("_a", 1)[1])
+    assert len(kept) == label3d.shape[2]  # test: every slice, for the volume's Dice
+    assert [case["slice"] for case in kept] == list(range(label3d.shape[2]))
+    training_item = volumes.datalist("training")[0]
+    training_label = np.asanyarray(nib.as_closest_canonical(nib.load(training_item["label"])).dataobj)
+    training_kept = [case for case in content["training"] if case["volume"] == training_item["id"]]
+    assert len(training_kept) == int((training_label > 0).any(axis=(0, 1)).sum())  # only slices with foreground
+    index = next(c["slice"] for c in kept if (label3d[:, :, c["slice"]] > 0).any())
+    kept = [c for c in kept if c["slice"] == index]
     image2d = nib.load(tmp_path / "out" / kept[0]["image"])
     assert image2d.shape == image3d.shape[:2]
     np.testing.assert_array_equal(np.asanyarray(image2d.dataobj), np.asanyarray(image3d.dataobj)[:, :, index])

@@ -117,13 +117,16 @@ def test_both_empty_is_a_perfect_prediction(ndim):
 
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("empty_side", ["pred", "label"])
-def test_exactly_one_empty_gives_zero_scores_and_undefined_hd95(ndim, empty_side):
+def test_exactly_one_empty_gives_zero_scores_and_worst_case_hd95(ndim, empty_side):
     empty, full = np.zeros(SHAPES[ndim], dtype=bool), box(ndim, size=4)
     pred, label = (empty, full) if empty_side == "pred" else (full, empty)
     result = case_metrics(pred, label)
     assert result["dice"] == 0.0
     assert result["surface_dice"] == 0.0
-    assert math.isnan(result["hd95"])
+    assert result["hd95"] == pytest.approx(math.sqrt(sum(n * n for n in SHAPES[ndim])))  # the diagonal, 1 mm voxels
+    spacing = [2.0, 0.5, 3.0][:ndim]
+    diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(SHAPES[ndim], spacing)))
+    assert case_metrics(pred, label, spacing=spacing)["hd95"] == pytest.approx(diagonal)
     assert result["volume_pred" if empty_side == "label" else "volume_label"] == pytest.approx(4.0**ndim)
 
 
@@ -175,3 +178,19 @@ def test_non_contiguous_numpy_views_are_accepted():
     flipped = label[::-1, :, ::2]
     reference = case_metrics(np.ascontiguousarray(flipped), np.ascontiguousarray(flipped))
     assert case_metrics(flipped, flipped) == reference
+
+
+def test_volume_dice_counts_false_positives_on_empty_slices():
+    from medtransfer.evaluation.metrics import volume_dice
+
+    label = np.zeros((4, 10, 10), bool)
+    label[1:3, 2:6, 2:6] = True
+    pred = label.copy()
+    pred[0, 7:9, 7:9] = True  # a false positive on a slice without foreground
+    pred[2, 2:6, 2] = False
+    slices = [case_metrics(p, l, spacing=[0.5, 2.0]) for p, l in zip(pred, label)]
+    assert volume_dice(slices) == pytest.approx(case_metrics(pred, label)["dice"], rel=1e-6)
+    with_foreground = [r for r in slices if r["volume_label"] > 0]
+    assert volume_dice(with_foreground) > volume_dice(slices)  # dropping empty slices hides the false positive
+    empty = case_metrics(np.zeros((5, 5), bool), np.zeros((5, 5), bool))
+    assert volume_dice([empty, empty]) == 1.0

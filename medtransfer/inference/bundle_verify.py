@@ -256,7 +256,7 @@ def verify_bundle(bundle: str | Path, trusted: bool = False) -> dict:
         "verify_metadata": lambda: verify_metadata_offline(bundle / "configs" / "metadata.json"),
         "verify_net_in_out": lambda: verify_network(bundle, trusted),
         # every $ expression / _target_ / non-plain @ in any config file, against the project's allow-list
-        "config_expressions": lambda: check_config_expressions(bundle),
+        "config_expressions": lambda: check_config_expressions(bundle, trusted),
     }
     if (bundle / "models" / "model.pt").exists():
         steps.update(_weights_checks(bundle, trusted))

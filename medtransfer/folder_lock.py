@@ -20,8 +20,9 @@ class FolderLock:
 
     A second process asking for the same folder fails at once with "<what> FOLDER is in use by process N".
     The kernel drops the lock when its process dies (even by kill -9), so a lock file left by a dead process is
-    simply taken over. Re-entrant within one process (several objects may guard the same folder in a test run);
-    the file descriptor is close-on-exec, so commands the holder starts do not inherit the lock.
+    simply taken over; a normal release removes the file. Re-entrant within one process (several objects may
+    guard the same folder in a test run); the descriptor is close-on-exec, so commands the holder starts do not
+    inherit the lock.
     """
 
     def __init__(self, folder: str | Path, what: str = "run folder") -> None:
@@ -60,6 +61,13 @@ class FolderLock:
             os.close(fd)
             raise FolderInUseError(f"{self.what} {self.folder} is in use by process {self.owner()}; wait for it "
                                    "to finish, or stop it") from None
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current != os.fstat(fd).st_ino:  # the holder removed the file as we locked it: lock the new one
+            os.close(fd)
+            return self.acquire()
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         self._fd = fd
@@ -67,11 +75,16 @@ class FolderLock:
         return self
 
     def release(self) -> None:
+        """Remove the lock file (while still holding the lock, so no one can hold the removed one), then unlock."""
         if self._fd is None:
             return
         _HELD.pop(self._key(), None)
         try:
-            os.close(self._fd)  # closing the only descriptor drops the flock; the file stays (harmless)
+            self.path.unlink(missing_ok=True)
+        except OSError:  # a read-only folder by now: the lock is still dropped below
+            pass
+        try:
+            os.close(self._fd)
         finally:
             self._fd = None
 

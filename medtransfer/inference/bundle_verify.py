@@ -266,7 +266,7 @@ def verify_bundle(bundle: str | Path, trusted: bool = False, schema: str | Path 
         "verify_metadata": lambda: verify_metadata_offline(bundle / registry.METADATA, schema),
         "verify_net_in_out": lambda: verify_network(bundle, trusted),
         # every $ expression / _target_ / non-plain @ in any config file, against the project's allow-list
-        "config_expressions": lambda: check_config_expressions(bundle),
+        "config_expressions": lambda: check_config_expressions(bundle, trusted),
     }
     if (bundle / "models" / "model.pt").exists():
         steps.update(_weights_checks(bundle, trusted))

@@ -118,8 +118,10 @@ def not_allowed(bundle: str | Path, allowed: dict[str, Iterable[str]] | None = N
     return [item for item in executable_items(bundle) if item.text not in allowed.get(item.kind, ())]
 
 
-def check_config_expressions(bundle: str | Path) -> str | None:
-    """`bundle verify` check: None when every executable item is allow-listed; raises ValueError listing the rest."""
+def check_config_expressions(bundle: str | Path, trusted: bool = False) -> str | None:
+    """`bundle verify` check: None when every executable item is allow-listed; raises ValueError listing the rest.
+
+    `trusted` (the user has read the configs): the items are still listed, as "skipped: trusted ...", not failed."""
     try:
         unknown = not_allowed(bundle)
     except ConfigReadError as error:
@@ -127,6 +129,8 @@ def check_config_expressions(bundle: str | Path) -> str | None:
     if unknown:
         listing = "; ".join(str(item) for item in unknown[:20])
         more = f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else ""
+        if trusted:
+            return f"skipped: trusted; {len(unknown)} executable config item(s) not on the allow-list: {listing}{more}"
         raise ValueError(f"{len(unknown)} executable config item(s) not on medtransfer's allow-list; "
                          f"`monai.bundle run` would execute them: {listing}{more}")
     return None

@@ -41,7 +41,7 @@ def _options(argv: list[str]) -> dict[str, str | None]:
             if not value and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
                 value = argv[index + 1]
                 index += 1
-            options[name.replace("-", "_") if name not in options else name] = value or None
+            options[name.replace("-", "_")] = value or None  # fire reads --max-epochs as max_epochs
         index += 1
     return options
 

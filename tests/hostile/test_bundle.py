@@ -198,3 +198,12 @@ def test_zip_cap_is_configurable(tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="no configs/inference"):  # under the cap: unpacked, then refused
         load_model(archive)
     assert _temp_bundles() == before  # removed on the error path too
+
+
+def test_trusted_verify_lists_the_items_without_failing(bundle_copy):
+    from medtransfer.inference.config_expressions import check_config_expressions
+
+    _edit(bundle_copy, "inference.yaml", lambda c: c.update(device=PAYLOAD))
+    with pytest.raises(ValueError, match="inference.yaml: device"):
+        check_config_expressions(bundle_copy)
+    assert "inference.yaml: device" in check_config_expressions(bundle_copy, trusted=True)

@@ -57,7 +57,7 @@ def test_export_writes_a_self_contained_verified_bundle(exported):
     report = verify_bundle(bundle)
     assert report["ok"], report
     assert set(report["checks"]) == {"files", "verify_metadata", "verify_net_in_out", "safe_config", "weights_sha256",
-                                     "weights_only", "torchscript"}
+                                     "weights_only", "torchscript", "config_expressions"}
 
     text = (bundle / "configs" / "inference.json").read_text()
     for forbidden in (str(REPO_ROOT), "bundles/", "data_manifests", str(run), "/tmp", "/root", "medtransfer"):

@@ -179,11 +179,12 @@ def test_bad_scans_are_reported_by_file_and_the_others_still_segmented(bundle, t
 
 
 def test_existing_outputs_are_never_overwritten_without_overwrite(bundle, test_data, tmp_path):
-    """The output folder sits inside the input folder here: its masks must never become inputs."""
+    """A collaborator's edited mask survives a second call (an output inside an input folder is refused: see
+    tests/hostile/test_segment.py)."""
     scans = tmp_path / "scans"
     scans.mkdir()
     scan = shutil.copy(test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz", scans)
-    out = scans / "masks"
+    out = tmp_path / "masks"
     assert [r.scan for r in segment(bundle, scans, out, progress=False)] == ["hippocampus_001"]
     mask = out / "hippocampus_001_seg.nii.gz"
     mask.write_bytes(b"the collaborator's edited mask")

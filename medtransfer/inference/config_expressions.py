@@ -12,7 +12,8 @@ and lists each executable item:
 - ``macro``: a ``%`` macro (it pulls content from another file).
 
 An item passes when its text is on the allow-list (``config_expressions_allowed.json``, derived from the
-project's own bundles by `derive_allow_list`, plus the targets `medtransfer export` adds). Anything else makes
+project's own bundles by `derive_allow_list`, plus everything `medtransfer export` writes into an exported
+bundle's configs/inference.json: `standalone.sample_configs`). Anything else makes
 the check fail with the file, the key and the text.
 """
 
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+from medtransfer.inference.standalone import sample_configs
 
 ALLOW_LIST_PATH = Path(__file__).with_name("config_expressions_allowed.json")
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
@@ -103,6 +106,9 @@ def derive_allow_list(bundles: Iterable[str | Path]) -> dict[str, list[str]]:
                                     "macro": set()}
     for bundle in bundles:
         for item in executable_items(bundle):
+            allowed[item.kind].add(item.text)
+    for config in sample_configs():  # what `medtransfer export` writes into an exported bundle
+        for item in _walk(config, "", "configs/inference.json"):
             allowed[item.kind].add(item.text)
     return {kind: sorted(texts) for kind, texts in allowed.items()}
 

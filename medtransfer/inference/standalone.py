@@ -36,7 +36,9 @@ REQUIRED_PACKAGES = ("monai", "torch", "pytorch-ignite", "nibabel", "pillow", "p
 
 # bundle file -> (medtransfer module copied into it, {import line in medtransfer: line in the bundle})
 SCRIPTS: dict[str, tuple[str, dict[str, str]]] = {
-    "scripts/dicom.py": ("medtransfer.data.dicom", {}),
+    "scripts/dicom.py": ("medtransfer.data.dicom", {
+        "from medtransfer.errors import MedtransferError":
+            "MedtransferError = Exception  # medtransfer.errors.MedtransferError: the common base of input errors"}),
     "scripts/readers.py": ("medtransfer.data.readers", {
         "from medtransfer.data.dicom import read_series": "from .dicom import read_series"}),
     "scripts/scan_loader.py": ("medtransfer.inference.scan_loader", {
@@ -219,6 +221,21 @@ def _bundle_source(module: str, rewrites: dict[str, str]) -> str:
             raise StandaloneError(f"{origin} imports {bad[0]}: add a rewrite to standalone.SCRIPTS for the bundle")
     relative = module.replace(".", "/") + ".py"
     return f"# Copied from medtransfer {medtransfer.__version__} ({relative}) by `medtransfer export`.\n{text}"
+
+
+def sample_configs() -> list[dict]:
+    """inference.json as `medtransfer export` writes it, for every network class and with and without a learned
+    post-processing step: what `bundle verify`'s allow-list must admit (medtransfer.inference.config_expressions)."""
+    from medtransfer.networks import build_dynunet
+
+    configs = []
+    for dims in (2, 3):
+        network = build_dynunet(dims, filters=[4, 8])
+        for postprocess in (None, {"method": "keep_largest_component"}):
+            configs.append(inference_config(network, {"spatial_dims": dims}, [1.0] * dims, [8] * dims,
+                                            postprocess=postprocess))
+    resnet = {**configs[0], "network_def": {**configs[0]["network_def"], "_target_": FLEXIBLE_UNET}}
+    return configs + [resnet]
 
 
 def write_scripts(bundle: Path) -> list[str]:

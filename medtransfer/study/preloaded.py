@@ -38,6 +38,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from medtransfer.study.processes import execute_command, log_command, run_outcome
+
 PRELOAD = ["torch", "ignite.engine", "monai.bundle", "monai.engines", "monai.handlers", "monai.transforms",
            "medtransfer.handlers", "medtransfer.data.transforms", "medtransfer.networks", "medtransfer.transfer",
            "medtransfer.pretraining"]
@@ -135,7 +137,7 @@ def serve() -> None:
 
 # Driver side ------------------------------------------------------------------------------------------------
 class PreloadedLauncher:
-    """Driver's handle on one launcher process; `execute` has `executors.execute_command`'s signature and is
+    """Driver's handle on one launcher process; `execute` has `processes.execute_command`'s signature and is
     safe to call from several threads at once."""
 
     def __init__(self) -> None:
@@ -179,8 +181,6 @@ class PreloadedLauncher:
     def execute(self, command: list[str], log_path: str, env: dict[str, str] | None = None,
                 cwd: str | None = None) -> dict[str, Any]:
         """Run one command like `execute_command`; `python -m MODULE` commands are forked from the launcher."""
-        from medtransfer.study.executors import execute_command, log_command, run_outcome
-
         parsed = module_command(command)
         if parsed is None:
             return execute_command(command, log_path, env, cwd)

@@ -172,7 +172,8 @@ class StudySpec:
             if manifest.data_root:
                 args["data_root"] = manifest.data_root
             run = Run(run_id, "pretrain", stage["name"], None, stage["fraction"], stage["seed"],
-                      (str(configs / "train.yaml"), str(configs / "pretrain" / f"{stage['objective']}.yaml")),
+                      (str(configs / "train.yaml"), str(configs / "pretrain.yaml"),
+                       str(configs / "pretrain" / f"{stage['objective']}.yaml")),
                       args, params, source=manifest.name)
             stage_runs[stage["name"]] = run
             runs.append(run)
@@ -352,7 +353,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         _require(int(content["spatial_dims"]) == spatial_dims,
                  f"spatial_dims {content['spatial_dims']} does not match bundle {bundle_root.name} ({spatial_dims}D)")
     bundle_keys = set(train)
-    for path in (bundle_root / "configs" / "pretrain").glob("*.yaml"):
+    for path in [bundle_root / "configs" / "pretrain.yaml", *(bundle_root / "configs" / "pretrain").glob("*.yaml")]:
         bundle_keys |= {k for k in (yaml.safe_load(path.read_text()) or {}) if "#" not in k and not k.startswith("+")}
     settings = _check_settings(content.get("settings"), "settings", bundle_keys)
 
@@ -378,7 +379,8 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         fraction = float(raw.get("fraction", 1.0))
         _check_fractions([fraction], manifests[source], where)
         stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
-        objective_config = yaml.safe_load((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").read_text())
+        objective_config = {**yaml.safe_load((bundle_root / "configs" / "pretrain.yaml").read_text()),
+                            **yaml.safe_load((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").read_text())}
         resolved = {**train, **objective_config, **settings, **stage_settings}
         max_epochs = int(resolved["max_epochs"])
         stage = {

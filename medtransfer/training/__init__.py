@@ -1,11 +1,13 @@
-"""Run folders, resume, and safe weight loading."""
+"""Run folders (written by RunDirectory, read by RunFolder), resume, and safe weight loading."""
 
-from medtransfer.training.run_directory import RunDirectory, RunDirectoryError, config_hash, read_run_record
+from medtransfer.training.run_directory import RunDirectory, config_hash
+from medtransfer.training.run_folder import RunDirectoryError, RunFolder, read_run_record
 from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
 
 __all__ = [
     "RunDirectory",
     "RunDirectoryError",
+    "RunFolder",
     "WeightsError",
     "config_hash",
     "load_weights",

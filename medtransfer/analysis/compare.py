@@ -253,7 +253,7 @@ def image_batches(
         batch_size: images per batch (ignored without ``spatial_size``).
         max_images: use at most this many images: a seeded random sample when ``seed`` is given, else the first.
         with_label: include the labels (needed by LogME).
-        divisor: the U-Net's total stride (``2 ** (len(filters) - 1)``); ``spatial_size`` must be a multiple.
+        divisor: the U-Net's total stride (:func:`medtransfer.networks.total_stride`); ``spatial_size`` must be a multiple.
 
     Images are loaded one at a time, so memory holds the batches only (they are small next to the features).
     """

@@ -494,7 +494,7 @@ def load_run(
     run = Path(run_dir)
     if run.is_file() and run.name.endswith(".pt"):
         run = run.parent
-    if not (run / "run.json").is_file():
+    if not RunFolder(run).record_path.is_file():
         raise BundleError(f"{run}: neither a MONAI bundle (configs/metadata.json) nor a run folder (run.json)")
     folder = RunFolder(run)
     try:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from medtransfer.study.folder import finished_record, read_json, run_dir
 from medtransfer.study.spec import Run, StudySpec
+from medtransfer.training.run_folder import RunFolder
 
 logger = logging.getLogger("medtransfer.study")
 
@@ -157,7 +158,7 @@ def transferability_table(study_dir: str | Path, spec: StudySpec) -> dict[str, A
             dice[(run.objective, epoch)].append(float(mean_dice))
     rows = []
     for stage, pre in pretrain.items():
-        record = read_json(run_dir(study_dir, pre) / "run.json") or {}
+        record = RunFolder(run_dir(study_dir, pre)).record or {}
         for entry in (record.get("transferability") or {}).get("checkpoints") or []:
             runs_dice = dice.get((stage, int(entry["epoch"])), [])
             rows.append({"stage": stage, "epoch": int(entry["epoch"]), "robustness": entry.get("robustness"),

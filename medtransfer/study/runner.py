@@ -33,6 +33,7 @@ from medtransfer.study.folder import (  # noqa: F401  (re-exported: the names ca
 from medtransfer.study.processes import execute_command
 from medtransfer.study.report import write_report
 from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, load_study
+from medtransfer.training.run_folder import RunFolder
 
 logger = logging.getLogger("medtransfer.study")
 
@@ -170,7 +171,7 @@ class StudyRunner:
 
     def _command(self, run: Run) -> tuple[list[str], bool]:
         folder = run_dir(self.study_dir, run)
-        record = read_json(folder / "run.json")
+        record = RunFolder(folder).record
         overwrite = bool(record and record.get("status") == "finished")  # finished, but weights do not verify
         source = run_dir(self.study_dir, run.depends_on) / run.source_file if run.depends_on else None
         return self.command_factory(run, self.spec.bundle_root, folder, source_checkpoint=source,

@@ -47,6 +47,7 @@ from medtransfer.analysis.features import FeatureRecorder, layer_names
 from medtransfer.analysis.rsa import rsa
 from medtransfer.atomic import save_json
 from medtransfer.data import eval_transforms, open_manifest
+from medtransfer.errors import MedtransferError
 from medtransfer.networks.config import NetworkConfigError, build_from_config, total_stride
 from medtransfer.networks.parts import PART_NAMES, _part_table, dynunet_layout, part_of, state_tensors
 from medtransfer.training.run_folder import RunFolder
@@ -60,7 +61,7 @@ MIN_BATCH = 4  # the unbiased HSIC estimator needs n >= 4 per minibatch
 RSA_GRID = 4  # RSA features: each map average-pooled to RSA_GRID cells per spatial axis
 
 
-class CompareError(ValueError):
+class CompareError(MedtransferError, ValueError):
     """A network cannot be loaded or two networks cannot be compared; the message says why."""
 
 

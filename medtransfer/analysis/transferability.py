@@ -117,6 +117,7 @@ def robustness_score(
     seed: int = 0,
     device: str | torch.device | None = None,
     pool: bool = True,
+    representation: str = "output",
 ) -> dict:
     """Hidy et al. (2024) robustness score of a network's encoder on target images; lower is better.
 
@@ -150,6 +151,8 @@ def robustness_score(
             its activation, so pooled vectors hardly differ between images and pooled scores sit within
             ~0.005 of m (randomly initialised ``build_dynunet(2)``, with or without perturbed norm affines);
             flattened maps keep the differences (scores ≈ 0.02–0.07 in the same setting).
+        representation: ``"output"`` (the level's output, Hidy et al.) or ``"pre_norm"`` (its last spatial
+            convolution before normalisation; see :func:`_feature_map` and benchmarks/robustness_resolution.py).
 
     Returns:
         ``{"score": R, "per_image": [r_i in input order], "level": ℓ, "n_images": N, "margin": m}``.
@@ -164,8 +167,8 @@ def robustness_score(
     with _evaluating(model):
         for batch in images:
             x = _tensor(batch, "image").to(device)
-            queries.append(_embedding(model, level, mild_intensity_augmentation(x, generator), pool))
-            keys.append(_embedding(model, level, mild_intensity_augmentation(x, generator), pool))
+            queries.append(_embedding(model, level, mild_intensity_augmentation(x, generator), pool, representation))
+            keys.append(_embedding(model, level, mild_intensity_augmentation(x, generator), pool, representation))
     n = sum(len(q) for q in queries)
     if n < 2:
         raise ValueError(f"the robustness score needs at least 2 images (for negatives), got {n}")
@@ -178,6 +181,7 @@ def robustness_score(
         "level": level,
         "n_images": n,
         "margin": float(margin),
+        "representation": representation,
     }
 
 
@@ -186,9 +190,10 @@ def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=1)
 
 
-def _embedding(model: nn.Module, level: str, images: torch.Tensor, pool: bool) -> torch.Tensor:
+def _embedding(model: nn.Module, level: str, images: torch.Tensor, pool: bool,
+               representation: str = "output") -> torch.Tensor:
     """``(B, C)`` pooled (or ``(B, C·∏spatial)`` flattened) float64 CPU features of one level."""
-    maps = _feature_map(model, level, images)
+    maps = _feature_map(model, level, images, representation)
     vectors = maps.mean(dim=tuple(range(2, maps.ndim))) if pool else maps.flatten(1)
     return vectors.to(device="cpu", dtype=torch.float64)
 
@@ -424,11 +429,37 @@ def _balanced_pixels(mask: torch.Tensor, max_pixels: int, generator: torch.Gener
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _feature_map(model: nn.Module, level: str, images: torch.Tensor) -> torch.Tensor:
-    """The level's output ``(B, C, *spatial)`` for a batch (the whole network runs once)."""
-    with FeatureRecorder(model, [level]) as recorder:
+REPRESENTATIONS = ("output", "pre_norm")
+
+
+def _feature_map(model: nn.Module, level: str, images: torch.Tensor, representation: str = "output") -> torch.Tensor:
+    """A level's features ``(B, C, *spatial)`` for a batch (the whole network runs once).
+
+    ``representation="output"`` is the level's output (after its normalisation and activation);
+    ``"pre_norm"`` is the output of the level's last spatial convolution (kernel > 1, in forward order), i.e.
+    the map *before* the normalisation that follows it. Instance normalisation standardises every channel
+    per image, which erases what pooled features could tell apart; the pre-normalisation map keeps each
+    image's channel means and scales.
+    """
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {representation!r}; choose one of {REPRESENTATIONS}")
+    if representation == "output":
+        with FeatureRecorder(model, [level]) as recorder:
+            model(images)
+        return recorder.features[level]
+    root = getattr(model, "module", model)
+    block = root.get_submodule(level)
+    convs = [m for m in block.modules() if isinstance(m, nn.modules.conv._ConvNd) and max(m.kernel_size) > 1]
+    if not convs:
+        raise ValueError(f"level {level!r} has no spatial convolution for the pre-normalisation features")
+    outputs: list[torch.Tensor] = []
+    handles = [conv.register_forward_hook(lambda _m, _a, out: outputs.append(out.detach())) for conv in convs]
+    try:
         model(images)
-    return recorder.features[level]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs[-1]
 
 
 @contextmanager

@@ -13,6 +13,8 @@ normal (row direction x column direction), the order ITK/GDCM use, so the affine
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -44,7 +46,7 @@ _SPACING_SPREAD = 0.01
 _SHEAR_PIXELS = 0.1
 
 
-class DicomInputError(ValueError):
+class DicomInputError(MedtransferError, ValueError):
     """A DICOM folder or file cannot be turned into a volume; the message names the path and the problem."""
 
 

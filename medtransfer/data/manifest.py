@@ -7,6 +7,8 @@ the file: nested, seeded subsets of the training ids, so every study and every s
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import json
 import math
 import os
@@ -20,7 +22,7 @@ DEFAULT_FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 REQUIRED_KEYS = ("name", "dimensions", "training", "validation", "test", "fractions")
 
 
-class ManifestError(ValueError):
+class ManifestError(MedtransferError, ValueError):
     """A manifest or one of its cases is unusable; the message names the file and the problem."""
 
 
@@ -73,6 +75,15 @@ class Manifest:
         return {int(k): int(v) for k, v in mapping.items()} if mapping else None
 
     @property
+    def channels(self) -> int:
+        """Input channels of every image (1 grey, 3 RGB, or the sequences of a multi-channel scan)."""
+        return int(self.content.get("channels", 1))
+
+    @property
+    def near_duplicate_groups(self) -> list[list[str]]:
+        return [list(group) for group in self.content.get("near_duplicate_groups") or []]
+
+    @property
     def target_spacing(self) -> list[float] | None:
         return self.content.get("target_spacing")
 
@@ -118,7 +129,10 @@ class Manifest:
             for key in ("image", "label") if require_labels else ("image",):  # unsupervised use: images only
                 if key not in case:
                     raise ManifestError(f"{self._where()}: case {case['id']!r} in {split} has no {key!r}")
-                item[key] = str(self._existing(case[key], case["id"]))
+                if isinstance(case[key], list):  # one file per channel (nnU-Net layout)
+                    item[key] = [str(self._existing(path, case["id"])) for path in case[key]]
+                else:
+                    item[key] = str(self._existing(case[key], case["id"]))
             if "class" in case:
                 item["class"] = case["class"]
             items.append(item)
@@ -136,8 +150,37 @@ class Manifest:
         return path
 
 
+def _check_types(content: Any, where: str) -> None:
+    """Wrong JSON types (a string where a list belongs, a number as a path) as one error naming the key."""
+    if not isinstance(content, dict):
+        raise ManifestError(f"{where}: a manifest is a JSON object, got {type(content).__name__}")
+    for split in SPLITS:
+        cases = content.get(split, [])
+        if not isinstance(cases, list):
+            raise ManifestError(f"{where}: {split!r} must be a list of cases, got {type(cases).__name__}")
+        for index, case in enumerate(cases):
+            if not isinstance(case, dict):
+                raise ManifestError(f"{where}: {split}[{index}] must be an object with 'id' and 'image'")
+            for key in ("id", "image", "label"):
+                if key in case and not isinstance(case[key], str):
+                    raise ManifestError(f"{where}: {split}[{index}].{key} must be a string (a path or an id), "
+                                        f"got {case[key]!r}")
+    fractions = content.get("fractions", {})
+    if not isinstance(fractions, dict) or not all(isinstance(v, list) for v in fractions.values()):
+        raise ManifestError(f"{where}: 'fractions' must map fractions to lists of training ids")
+    if "dimensions" in content and (isinstance(content["dimensions"], bool) or content["dimensions"] not in (2, 3)):
+        raise ManifestError(f"{where}: dimensions must be 2 or 3, got {content['dimensions']!r}")
+    label_map = content.get("label_map")
+    if label_map is not None and (not isinstance(label_map, dict) or not all(
+            str(k).lstrip("-").isdigit() and not isinstance(v, bool) and isinstance(v, int) for k, v in label_map.items())):
+        raise ManifestError(f"{where}: label_map must map integer label values onto 0 or 1, got {label_map!r}")
+    if label_map and set(label_map.values()) <= {0, 1} and 1 not in label_map.values():
+        raise ManifestError(f"{where}: label_map maps every value to 0 (background); map at least one value to 1")
+
+
 def validate_content(content: dict, where: str) -> None:
     """Structural checks of a manifest (not of the image files: see `medtransfer.data.checks`)."""
+    _check_types(content, where)
     missing = [key for key in REQUIRED_KEYS if key not in content]
     if missing:
         raise ManifestError(f"{where}: missing key(s) {missing}")
@@ -160,6 +203,13 @@ def validate_content(content: dict, where: str) -> None:
         if not previous <= subset:
             raise ManifestError(f"{where}: fractions are not nested: {key} misses {sorted(previous - subset)[:5]}")
         previous = subset
+    channels = content.get("channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ManifestError(f"{where}: channels must be a positive integer, got {channels!r}")
+    for index, group in enumerate(content.get("near_duplicate_groups") or []):
+        unknown = [case_id for case_id in group if case_id not in seen]
+        if unknown:
+            raise ManifestError(f"{where}: near_duplicate_groups[{index}] names unknown case ids {unknown[:5]}")
     if content.get("label_map") is not None:
         values = set(content["label_map"].values())
         if not values <= {0, 1}:
@@ -171,8 +221,10 @@ def read_manifest_file(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        content = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read the manifest ({error.strerror or error})") from None
     validate_content(content, str(path))
     return content

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medtransfer import registry
 from medtransfer.data.manifest import Manifest, ManifestError, read_manifest_file
-
-PACKAGED_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
 def find_manifest(name_or_path: str | os.PathLike) -> Path:
@@ -17,13 +16,33 @@ def find_manifest(name_or_path: str | os.PathLike) -> Path:
         if not candidate.is_file():
             raise ManifestError(f"manifest not found: {candidate}")
         return candidate
-    for folder in (Path.cwd() / "data_manifests", PACKAGED_MANIFESTS):
-        path = folder / f"{name_or_path}.json"
-        if path.is_file():
-            return path
+    local = Path.cwd() / "data_manifests" / f"{name_or_path}.json"
+    if local.is_file():
+        return local
+    packaged = registry.manifest_path(str(name_or_path))
+    if packaged is not None:
+        return packaged
     raise ManifestError(
-        f"no manifest named {str(name_or_path)!r} in ./data_manifests or {PACKAGED_MANIFESTS}; give a path to a .json file"
+        f"no manifest named {str(name_or_path)!r} in ./data_manifests or {registry.manifests_dir()} "
+        f"(packaged: {', '.join(registry.manifest_names())}); give a path to a .json file"
     )
+
+
+def _collection_member(content: dict, root: Path) -> Path:
+    """`root`, or its subfolder named like the manifest when `root` is a collection of data sets.
+
+    A folder of data sets (``shared/data/`` with ``busbra_breast_us_lesions/``, ``busi_breast_us_lesions/``,
+    ...) then serves as the data root of every manifest named after one of its folders, so that one
+    ``--data-root`` works for a study whose source and target are different data sets. Only taken when the
+    manifest's first file is missing under `root` itself and present under the subfolder.
+    """
+    first = next((case.get("image") for split in ("training", "validation", "test")
+                  for case in content.get(split) or [] if isinstance(case, dict) and case.get("image")), None)
+    member = root / str(content.get("name", ""))
+    if (isinstance(first, str) and content.get("name") and not (root / first).exists()
+            and (member / first).exists()):
+        return member
+    return root
 
 
 def _resolve_data_root(content: dict, manifest_path: Path, data_root: str | os.PathLike | None) -> Path:
@@ -31,7 +50,7 @@ def _resolve_data_root(content: dict, manifest_path: Path, data_root: str | os.P
         root = Path(data_root).expanduser()
         if not root.is_dir():
             raise ManifestError(f"data root for {manifest_path} is not a folder: {root}")
-        return root.resolve()
+        return _collection_member(content, root).resolve()
     generator = content.get("generator")
     if generator:  # the embedded default: generated deterministically on first use, then cached
         from medtransfer.data.synthetic import ensure_synthetic_dataset

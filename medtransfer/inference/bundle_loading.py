@@ -10,10 +10,13 @@ So a shared bundle is read here as *data* (safe mode, the default):
   them is evaluated, and ``logging.conf`` is never applied.
 - Three entries are used, and each must match an allow-list, with literal arguments only (numbers, strings,
   lists, dicts, or ``@key`` references to top-level keys that are themselves literal):
-  ``network_def`` (``_target_`` one of ``NETWORK_TARGETS``), ``preprocessing`` (medtransfer's standard chain,
-  ``medtransfer.data.eval_transforms`` with ``with_label: false``) and, optionally, ``inferer``
-  (``SlidingWindowInferer``). A ``postprocessing`` entry, when present, must be medtransfer's standard one; it is
-  not built, because ``segment`` does that step itself (argmax, inversion, NIfTI / DICOM-SEG writing).
+  ``network_def`` (``_target_`` one of ``NETWORK_TARGETS``), ``preprocessing`` (medtransfer's standard chain:
+  ``medtransfer.data.eval_transforms`` with ``with_label: false``, or, in bundles that run without medtransfer,
+  exactly the MONAI ``Compose`` that ``standalone.preprocessing_def`` writes for the bundle's dimensions and
+  spacing) and, optionally, ``inferer`` (``SlidingWindowInferer``). A ``postprocessing`` entry, when present, must
+  be medtransfer's standard one (either form); it is not built, because ``segment`` does that step itself
+  (argmax, inversion, NIfTI / DICOM-SEG writing). The standard chains are recognised by comparing the config
+  data; their ``scripts/`` code is never imported — medtransfer runs its own copy of that code.
 - Every other entry of the config (``initialize``, ``run``, datasets, handlers, ``device`` expressions, ...) is
   ignored: it is never evaluated.
 - ``models/model.pt`` must match the sha256 the metadata lists (``files_sha256``) and is read with
@@ -29,6 +32,8 @@ built from the run's recorded settings by medtransfer's builders, no config is e
 """
 
 from __future__ import annotations
+
+from medtransfer.errors import MedtransferError
 
 import json
 import logging
@@ -47,7 +52,9 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import DynUNet, FlexibleUNet
 from monai.transforms import Compose
 
+from medtransfer import registry
 from medtransfer.atomic import sha256_of
+from medtransfer.inference import standalone
 from medtransfer.networks import NetworkConfigError, build_dynunet, build_resnet_unet
 from medtransfer.training.run_folder import RunDirectoryError, RunFolder
 from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
@@ -80,7 +87,7 @@ DEFAULT_SW_BATCH_SIZE = 4
 DEFAULT_OVERLAP = 0.25
 
 
-class BundleError(ValueError):
+class BundleError(MedtransferError, ValueError):
     """A bundle or run folder cannot be used (missing files, wrong checksum, unloadable weights)."""
 
 
@@ -120,10 +127,10 @@ class SegmentationModel:
 
 
 def inference_config_path(bundle: Path) -> Path:
-    for name in CONFIG_NAMES:
-        if (bundle / "configs" / name).is_file():
-            return bundle / "configs" / name
-    raise BundleError(f"{bundle}: no configs/inference.yaml or configs/inference.json")
+    try:
+        return registry.inference_config(bundle)
+    except registry.RegistryError as error:
+        raise BundleError(str(error)) from None
 
 
 def read_config_file(path: Path) -> dict:
@@ -273,16 +280,54 @@ def _refusal(bundle: Path, config_path: Path, problems: list[str]) -> UntrustedB
     )
 
 
+def _is_compose(item) -> bool:
+    return isinstance(item, Mapping) and item.get("_target_") in ("Compose", standalone.COMPOSE)
+
+
+def _standard_chain(config: Mapping, spatial_dims, literals: _Literals) -> dict:
+    """A MONAI Compose preprocessing is accepted only as exactly the standard chain for its dims and spacing."""
+    preprocessing = config["preprocessing"]
+    spacing = standalone.spacing_in(preprocessing)
+    if spatial_dims not in (2, 3) or not (spacing is None or (
+            isinstance(spacing, list) and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in spacing))):
+        literals.problems.append(f"preprocessing: a Compose for spatial_dims {spatial_dims!r} / spacing {spacing!r}")
+        return {"with_label": False}
+    expected = standalone.preprocessing_def(spatial_dims, spacing)
+    if preprocessing != expected:
+        steps = preprocessing.get("transforms")
+        steps = steps if isinstance(steps, list) else []
+        wanted = expected["transforms"]
+        first = next((i for i in range(max(len(steps), len(wanted)))
+                      if i >= len(steps) or i >= len(wanted) or steps[i] != wanted[i]), None)
+        if first is None:
+            literals.problems.append("preprocessing: a Compose with other settings than medtransfer's standard chain")
+        else:
+            shown = steps[first] if first < len(steps) else "(missing)"
+            literals.problems.append(
+                f"preprocessing::transforms[{first}] = {shown!r}: a Compose other than medtransfer's standard chain "
+                f"(standalone.preprocessing_def), which expects "
+                f"{wanted[first] if first < len(wanted) else '(nothing)'!r}")
+        return {"with_label": False}
+    return {"dimensions": spatial_dims, "target_spacing": spacing, "with_label": False}
+
+
 def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mapping | None = None) -> SafeSpec:
     """Check ``config`` against the allow-list and return its literal settings; raise UntrustedBundleError."""
     literals = _Literals(config)
     network_target, network_args = literals.component(config, "network_def", NETWORK_TARGETS)
-    _, pre_args = literals.component(config, "preprocessing", PREPROCESSING_TARGETS, PREPROCESSING_ARGS)
+    if _is_compose(config.get("preprocessing")):
+        pre_args = _standard_chain(config, network_args.get("spatial_dims"), literals)
+    else:
+        _, pre_args = literals.component(config, "preprocessing", PREPROCESSING_TARGETS, PREPROCESSING_ARGS)
     _, inferer_args = literals.component(config, "inferer", INFERER_TARGETS, INFERER_ARGS, required=False)
     if "postprocessing" in config:
         post = config["postprocessing"]
         target = post.get("_target_") if isinstance(post, Mapping) else post
-        if target not in POSTPROCESSING_TARGETS:
+        if _is_compose(post):
+            if post != standalone.postprocessing_def():
+                literals.problems.append("postprocessing: a Compose other than medtransfer's standard chain "
+                                         "(standalone.postprocessing_def)")
+        elif target not in POSTPROCESSING_TARGETS:
             literals.problems.append(
                 f"postprocessing = {target!r} (segment only supports medtransfer's standard postprocessing: "
                 f"{POSTPROCESSING_TARGETS[0]})"
@@ -521,16 +566,55 @@ def load_run(
     )
 
 
-def _extract_zip(archive: Path) -> Path:
-    """Unpack a bundle zip into a temporary folder, refusing members that would land outside it."""
-    target = Path(tempfile.mkdtemp(prefix="medtransfer_bundle_"))
-    with zipfile.ZipFile(archive) as zipped:
-        for member in zipped.namelist():
-            destination = (target / member).resolve()
-            if not str(destination).startswith(str(target.resolve()) + "/") and destination != target.resolve():
-                shutil.rmtree(target, ignore_errors=True)
-                raise BundleError(f"{archive}: member {member!r} would be written outside the folder; refusing")
-        zipped.extractall(target)
+# The largest real bundle medtransfer makes is a 3D export with model.pt, model.ts and model.onnx (~130 MiB at the
+# default filters); a zip that unpacks to more than a few times that is refused before anything is written.
+MAX_UNZIPPED_BYTES = 384 * 2**20
+MAX_ZIP_MEMBERS = 10_000
+
+
+def zip_limits() -> tuple[int, int]:
+    """(bytes, members) a bundle zip may unpack to; MEDTRANSFER_MAX_UNZIPPED_MB / MEDTRANSFER_MAX_ZIP_MEMBERS."""
+    import os
+
+    try:
+        size = int(float(os.environ.get("MEDTRANSFER_MAX_UNZIPPED_MB", MAX_UNZIPPED_BYTES / 2**20)) * 2**20)
+        members = int(os.environ.get("MEDTRANSFER_MAX_ZIP_MEMBERS", MAX_ZIP_MEMBERS))
+    except ValueError as error:
+        raise BundleError(f"MEDTRANSFER_MAX_UNZIPPED_MB / MEDTRANSFER_MAX_ZIP_MEMBERS: not a number ({error})") from None
+    return size, members
+
+
+def _check_zip_members(archive: Path, zipped: zipfile.ZipFile, target: Path) -> None:
+    """Before extracting: member count, total uncompressed size (zipfile never inflates a member past its
+    declared size), no symlinks, no path outside `target`."""
+    import stat
+
+    max_bytes, max_members = zip_limits()
+    members = zipped.infolist()
+    if len(members) > max_members:
+        raise BundleError(f"{archive}: {len(members)} members, more than the {max_members} a bundle may hold "
+                          "(MEDTRANSFER_MAX_ZIP_MEMBERS); refusing to unpack")
+    total = sum(member.file_size for member in members)
+    if total > max_bytes:
+        raise BundleError(f"{archive}: unpacks to {total / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+                          "allowed (MEDTRANSFER_MAX_UNZIPPED_MB); refusing to unpack (a zip bomb?)")
+    root = target.resolve()
+    for member in members:
+        if stat.S_ISLNK(member.external_attr >> 16):
+            raise BundleError(f"{archive}: member {member.filename!r} is a symbolic link; refusing")
+        destination = (root / member.filename).resolve()
+        if destination != root and root not in destination.parents:
+            raise BundleError(f"{archive}: member {member.filename!r} would be written outside the folder; refusing")
+
+
+def _extract_zip(archive: Path, target: Path) -> Path:
+    """Unpack a bundle zip into `target` (a temporary folder the caller removes) after `_check_zip_members`."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            _check_zip_members(archive, zipped, target)
+            zipped.extractall(target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as error:
+        raise BundleError(f"{archive}: not a readable zip ({type(error).__name__}: {error})") from None
     roots = [p for p in target.iterdir() if p.is_dir()]
     if (target / "configs" / "metadata.json").is_file():
         return target
@@ -549,8 +633,9 @@ def load_model(
     path = Path(model_or_bundle)
     if not path.exists():
         raise BundleError(f"model not found: {path}")
-    if path.is_file() and path.suffix == ".zip":
-        path = _extract_zip(path)
+    if path.is_file() and path.suffix == ".zip":  # unpacked, loaded into memory, removed again
+        with tempfile.TemporaryDirectory(prefix="medtransfer_bundle_") as folder:
+            return load_model(_extract_zip(path, Path(folder)), trusted=trusted, device=device, manifest=manifest)
     if (path / "configs" / "metadata.json").is_file():
         return load_bundle(path, trusted=trusted, device=device)
     return load_run(path, device=device, manifest=manifest)

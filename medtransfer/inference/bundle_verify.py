@@ -3,8 +3,10 @@
 Checks, each "passed" or the error text:
 
 - ``files``: LICENSE, configs/metadata.json, docs/README.md are there.
-- ``verify_metadata``: MONAI ``verify_metadata`` against the schema shipped here (no download).
-- ``verify_net_in_out``: MONAI ``verify_net_in_out``. By default it runs on a copy of the config that holds only
+- ``verify_metadata``: MONAI ``verify_metadata`` against MONAI's real metadata schema (draft 2019-09): the copy
+  of the published file shipped here (``meta_schema.json``, no download), or the file given as ``schema``.
+- ``verify_net_in_out``: MONAI ``verify_net_in_out`` with MONAI's default arguments (``n=1``: the smallest input
+  the metadata's ``spatial_shape`` describes). By default it runs on a copy of the config that holds only
   the allow-listed ``network_def`` with literal arguments (see ``bundle_loading``), so verifying an untrusted
   bundle executes none of its code; ``trusted=True`` runs it on the bundle's own config.
 
@@ -33,27 +35,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtransfer import registry
+from medtransfer.inference.config_expressions import check_config_expressions
+
+# MONAI's published schema, byte for byte (see meta_schema.SOURCE.md); the URL Model Zoo metadata names.
 SCHEMA_PATH = Path(__file__).with_name("meta_schema.json")
-REQUIRED_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
+SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+REQUIRED_FILES = (registry.METADATA, registry.LICENSE, registry.MODEL_CARD)
 # Voxels where the PyTorch model's two best logits are closer than this are numerical ties, not disagreements.
 TIE_MARGIN = 1e-4
 SKIPPED = "skipped"
 
 
 def _inference_config(bundle: Path) -> Path:
-    for name in ("inference.yaml", "inference.json"):
-        if (bundle / "configs" / name).is_file():
-            return bundle / "configs" / name
-    raise FileNotFoundError(f"{bundle}: no configs/inference.yaml or configs/inference.json")
+    try:
+        return registry.inference_config(bundle)
+    except registry.RegistryError as error:
+        raise FileNotFoundError(str(error)) from None
 
 
-def verify_metadata_offline(meta_file: Path) -> None:
-    """MONAI `verify_metadata` against the shipped schema (it skips the download when the file exists)."""
+def verify_metadata_offline(meta_file: Path, schema: str | Path | None = None) -> None:
+    """MONAI `verify_metadata` against the real schema file (MONAI skips the download when the file exists)."""
     from monai.bundle import verify_metadata
 
-    with warnings.catch_warnings():  # "no hash value provided" for the schema: it ships with this package
+    schema = Path(schema) if schema else SCHEMA_PATH
+    if not schema.is_file():
+        raise FileNotFoundError(f"metadata schema {schema} not found")
+    with warnings.catch_warnings():  # "no hash value provided" for the schema: it is a local file
         warnings.simplefilter("ignore", UserWarning)
-        verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA_PATH))
+        verify_metadata(meta_file=str(meta_file), filepath=str(schema))
 
 
 def _plain_data(value, where: str) -> None:
@@ -74,11 +84,11 @@ def verify_network(bundle: Path, trusted: bool = False) -> None:
 
     from medtransfer.inference.bundle_loading import FlexibleUNet, NETWORK_TARGETS, read_config_file, safe_spec
 
-    meta_file = bundle / "configs" / "metadata.json"
+    meta_file = bundle / registry.METADATA
     config_file = _inference_config(bundle)
     if trusted:
         verify_net_in_out(net_id="network_def", meta_file=str(meta_file), config_file=str(config_file),
-                          device="cpu", n=2, bundle_root=str(bundle))
+                          device="cpu", bundle_root=str(bundle))
         return
     metadata = json.loads(meta_file.read_text())
     spec = safe_spec(bundle, read_config_file(config_file), config_file, metadata)
@@ -92,7 +102,7 @@ def verify_network(bundle: Path, trusted: bool = False) -> None:
         safe_config.write_text(json.dumps({"network_def": {"_target_": spec.network_target, **arguments}}))
         safe_meta.write_text(json.dumps({"network_data_format": formats}))
         verify_net_in_out(net_id="network_def", meta_file=str(safe_meta), config_file=str(safe_config),
-                          device="cpu", n=2)
+                          device="cpu")
 
 
 def compare_masks(
@@ -244,15 +254,19 @@ def _quiet_monai():
             item.setLevel(level)
 
 
-def verify_bundle(bundle: str | Path, trusted: bool = False) -> dict:
-    """Run every check; return {"bundle", "ok": bool, "checks": {name: "passed" | "skipped: ..." | error text}}."""
+def verify_bundle(bundle: str | Path, trusted: bool = False, schema: str | Path | None = None) -> dict:
+    """Run every check; return {"bundle", "ok": bool, "checks": {name: "passed" | "skipped: ..." | error text}}.
+
+    ``schema``: the metadata schema file (default: the shipped copy of MONAI's published schema)."""
     bundle = Path(bundle)
     checks: dict[str, str] = {}
     missing = [name for name in REQUIRED_FILES if not (bundle / name).is_file()]
     checks["files"] = "passed" if not missing else f"missing: {', '.join(missing)}"
     steps: dict[str, Callable] = {
-        "verify_metadata": lambda: verify_metadata_offline(bundle / "configs" / "metadata.json"),
+        "verify_metadata": lambda: verify_metadata_offline(bundle / registry.METADATA, schema),
         "verify_net_in_out": lambda: verify_network(bundle, trusted),
+        # every $ expression / _target_ / non-plain @ in any config file, against the project's allow-list
+        "config_expressions": lambda: check_config_expressions(bundle),
     }
     if (bundle / "models" / "model.pt").exists():
         steps.update(_weights_checks(bundle, trusted))

@@ -94,7 +94,8 @@ def register(subparsers) -> None:
         "export",
         help="export a finished run as a self-contained, verified MONAI bundle",
         description=(
-            "Writes a bundle folder: configs/inference.yaml (no paths of this machine), configs/metadata.json "
+            "Writes a bundle folder that runs with plain MONAI: configs/inference.json (MONAI classes, literal "
+            "arguments, no paths of this machine), scripts/ (DICOM reader, checks), configs/metadata.json "
             "(data format, spacing, normalisation, versions, provenance, test metrics, sha256 of the weights), "
             "models/model.pt, docs/README.md (model card), LICENSE. The bundle must pass `medtransfer bundle "
             "verify` before it is written."

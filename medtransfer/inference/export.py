@@ -5,11 +5,18 @@ The bundle holds the inference config of the run's bundle with the run's setting
 ``models/model.pt`` with its sha256 in ``configs/metadata.json``, metadata filled from the run and its data
 manifest (data format, spacing, normalisation, versions, provenance, measured test metrics), a model card in
 ``docs/README.md``, ``LICENSE`` and the data's licence in ``docs/data_license.txt``. Optional TorchScript and ONNX
-exports are kept only if they give the same mask as the PyTorch model on a test scan. The result must pass
-``verify_bundle`` before it is moved into place. It needs only ``pip install medtransfer`` to run.
+exports are kept only if they give the same mask as the PyTorch model on a test scan; ``model.ts`` embeds
+``extra/metadata.json`` and ``extra/inference.json`` as ``monai.bundle ckpt_export`` does. The result must pass
+``verify_bundle`` before it is moved into place.
+
+It stands alone: ``configs/inference.json`` uses MONAI classes with literal arguments and the bundle's own
+``scripts/`` (see ``medtransfer.inference.standalone``), so ``python -m monai.bundle run`` works without
+medtransfer; ``medtransfer segment`` reads the same config as data (safe loading).
 """
 
 from __future__ import annotations
+
+from medtransfer.errors import MedtransferError
 
 import importlib.metadata
 import json
@@ -21,29 +28,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-
 import medtransfer
+from medtransfer import registry
 from medtransfer.atomic import atomic_write, save_json, sha256_of
 from medtransfer.inference.bundle_loading import (
     CHECKSUM_KEY,
     WEIGHTS_PATH,
     BundleError,
     SegmentationModel,
+    build_safe_network,
     read_config_file,
     run_target_spacing,
     safe_spec,
 )
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
+from medtransfer.inference.standalone import REQUIRED_PACKAGES, StandaloneError, inference_config, write_scripts
 from medtransfer.networks.config import NetworkConfigError, total_stride
 from medtransfer.training.run_folder import RunDirectoryError, RunFolder, WrongTaskError
 from medtransfer.training.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
 
-BUNDLES_DIR = Path(medtransfer.__file__).resolve().parents[1] / "bundles"
-TORCHSCRIPT_PATH = "models/model.ts"
-ONNX_PATH = "models/model.onnx"
+TORCHSCRIPT_PATH = registry.TORCHSCRIPT
+ONNX_PATH = registry.ONNX
+INFERENCE_CONFIG = "configs/inference.json"
+# medtransfer is not on the package index: the install line names the wheel built from its source.
+MEDTRANSFER_INSTALL = (
+    f"pip install medtransfer-{medtransfer.__version__}-py3-none-any.whl   "
+    f"# the wheel built from the medtransfer source: pip wheel . --no-deps (not on PyPI)"
+)
 ONNX_PACKAGES = "pip install onnx onnxscript onnxruntime"
 INTENSITY_NORMALISATION = {
     "method": "per-image percentile scaling (monai ScaleIntensityRangePercentilesd)",
@@ -59,7 +72,7 @@ RESEARCH_ONLY = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(MedtransferError, ValueError):
     """A run cannot be exported (unfinished, missing files, or the exported bundle fails verification)."""
 
 
@@ -133,59 +146,8 @@ def _pretraining(run: Path, record: dict) -> dict:
 # --- bundle files -------------------------------------------------------------------------------------------
 
 
-def _inference_config(template: Path, config: dict, target_spacing) -> dict:
-    """The template's inference config with the run's settings as literal keys and a weights checksum step."""
-    content = read_config_file(template)
-    content["bundle_root"] = "."
-    content["spatial_dims"] = int(config["spatial_dims"])
-    content["target_spacing"] = [float(s) for s in target_spacing] if target_spacing else None
-    content["patch_size"] = [int(s) for s in config["patch_size"]]
-    content["filters"] = [int(s) for s in config.get("filters") or []] or content.get("filters")
-    if config.get("backbone"):
-        content["network_def"] = {
-            "_target_": "medtransfer.networks.build_resnet_unet",
-            "spatial_dims": "@spatial_dims",
-            "backbone": config["backbone"],
-            **({"decoder_channels": list(config["decoder_channels"])} if config.get("decoder_channels") else {}),
-        }
-    check = {
-        "_target_": "medtransfer.inference.bundle_loading.check_bundle_weights",
-        "bundle_root": "@bundle_root",
-        "checkpoint": "@checkpoint",
-    }
-    initialize = [step for step in content.get("initialize", []) if step != check]
-    loads = [
-        i for i, step in enumerate(initialize) if isinstance(step, dict) and "load_weights" in str(step.get("_target_"))
-    ]
-    initialize.insert(loads[0] if loads else len(initialize), check)
-    content["initialize"] = initialize
-    return content
-
-
-class _ConfigDumper(yaml.SafeDumper):
-    """Block style like the hand-written configs, with lists of plain values on one line ([32, 32, 32])."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, value: list):
-    flow = all(isinstance(v, (int, float, str, bool)) or v is None for v in value) and not any(
-        isinstance(v, str) and v.startswith("$") for v in value
-    )
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
-
-
-_ConfigDumper.add_representer(list, _represent_list)
-
-
-_HEADER = """# Inference config of an exported medtransfer bundle; needs only `pip install medtransfer`.
-#   python -m monai.bundle run --config_file configs/inference.yaml --bundle_root . \\
-#       --input_dir scans/ --output_dir masks/
-#   medtransfer segment . scans/ --output masks/      (safe loading, DICOM-SEG for DICOM input; see docs/README.md)
-# The run's settings are literal keys below (spatial_dims, target_spacing, patch_size, filters).
-"""
-
-
 def _check_no_machine_paths(text: str, run: Path) -> None:
-    forbidden = [str(BUNDLES_DIR.parent), str(run.resolve()), "bundles/", "data_manifests", str(Path.home())]
+    forbidden = [str(registry.bundles_dir().parent), str(run.resolve()), "bundles/", "data_manifests", str(Path.home())]
     found = [f for f in forbidden if f and f != "/" and f in text]
     if found:
         raise ExportError(f"the exported inference config would reference paths of this machine: {found}")
@@ -193,7 +155,9 @@ def _check_no_machine_paths(text: str, run: Path) -> None:
 
 def _network_data_format(template_meta: dict, config: dict, manifest: dict, label: str) -> dict:
     dims = int(config["spatial_dims"])
-    multiple = total_stride(config)
+    # DynUNet: a multiple of its total stride, and twice it at least (instance norm needs more than one voxel at
+    # the bottleneck), so that MONAI's verify_net_in_out passes with its default n=1.
+    multiple = total_stride(config) if config.get("backbone") else 2 * total_stride(config)
     shape = [f"{multiple}*n"] * dims
     formats = json.loads(json.dumps(template_meta["network_data_format"]))
     image = formats["inputs"]["image"]
@@ -218,8 +182,8 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
         else f"MONAI DynUNet (nnU-Net topology), {len(config.get('filters') or [])} levels, filters "
              f"{'-'.join(str(f) for f in config.get('filters') or [])}"
     )
-    required = {"medtransfer": versions.get("medtransfer") or medtransfer.__version__}
-    for package in ("pytorch-ignite", "nibabel", "SimpleITK", "pydicom", "highdicom", "PyYAML"):
+    required = {}  # what configs/inference.json needs with plain MONAI (monai and torch have their own keys)
+    for package in REQUIRED_PACKAGES[2:]:
         found = versions.get(package) or _installed(package)
         if found:
             required[package] = _pip_version(found)
@@ -392,21 +356,31 @@ These numbers hold for data like the test split only; expect lower values on oth
 populations, and measure on your own data before relying on the model.
 
 ## How to run it
+With MONAI alone (no medtransfer; NIfTI masks named `<scan>_seg.nii.gz`):
 ```bash
-pip install medtransfer                  # the only requirement (brings MONAI, PyTorch, SimpleITK, highdicom)
-medtransfer bundle verify THIS_FOLDER    # checksums, metadata schema, network input/output, exports
-medtransfer segment THIS_FOLDER scans/ --output masks/     # NIfTI masks, DICOM-SEG for DICOM series, summary.csv
-python -m monai.bundle run --config_file configs/inference.yaml --bundle_root THIS_FOLDER \\
-    --input_dir scans/ --output_dir masks/                 # the same with MONAI only (NIfTI masks)
+pip install "monai=={meta['monai_version']}" {' '.join(f'"{k}=={v}"' for k, v in meta['required_packages_version'].items())}
+python -m monai.bundle run --config_file THIS_FOLDER/configs/inference.json --bundle_root THIS_FOLDER \\
+    --meta_file THIS_FOLDER/configs/metadata.json --input_dir scans/ --output_dir masks/
 ```
+With medtransfer (safe loading, DICOM-SEG for DICOM series, a summary.csv):
+```bash
+{MEDTRANSFER_INSTALL}
+medtransfer bundle verify THIS_FOLDER    # checksums, metadata schema, network input/output, exports
+medtransfer segment THIS_FOLDER scans/ --output masks/
+```
+Both give the same mask. `configs/inference.json` uses MONAI classes with literal arguments; the DICOM series
+reader, the image check, the input listing and the weights checksum check are in `scripts/` (copied from
+medtransfer {prov.get('exported_with', {}).get('medtransfer')}); `models/model.ts` (if present) embeds
+`extra/metadata.json` and `extra/inference.json` like `monai.bundle ckpt_export`.
 
 ## What this bundle can execute
-`medtransfer segment` reads the configs as data and builds only the allow-listed network
-(`medtransfer.networks.build_dynunet` / `build_resnet_unet`, MONAI DynUNet / FlexibleUNet), medtransfer's standard
-preprocessing and a sliding-window inferer, from literal settings; the weights are loaded with
-`torch.load(weights_only=True)` after their sha256 is checked. Nothing else in the configs is evaluated.
-`python -m monai.bundle run` (and `medtransfer segment --trusted`) evaluate the whole config, which is Python:
-run them only on bundles from authors you trust, after reading `configs/inference.yaml`.
+`medtransfer segment` reads the configs as data: it builds only the allow-listed network (MONAI DynUNet /
+FlexibleUNet) from literal arguments, accepts the preprocessing and postprocessing only if they are exactly
+medtransfer's standard chains (then runs its own copy of them) and a sliding-window inferer; the weights are loaded
+with `torch.load(weights_only=True)` after their sha256 is checked. Nothing in the configs or `scripts/` is
+evaluated or imported. `python -m monai.bundle run` (and `medtransfer segment --trusted`) evaluate the whole config
+and import `scripts/`, which is Python: run them only on bundles from authors you trust, after reading
+`configs/inference.json` and `scripts/`.
 
 ## Files and checksums (sha256)
 {checksums}
@@ -460,13 +434,33 @@ def _test_image(model: SegmentationModel, record: dict, manifest: dict, test_sca
     return torch.rand(1, 1, *shape, generator=generator), f"a seeded random volume {shape} (no test scan found)"
 
 
-def _torchscript(network: torch.nn.Module, roi_size: list[int], path: Path) -> None:
+def _torchscript(network: torch.nn.Module, roi_size: list[int], path: Path, meta: dict, inference_text: str) -> None:
+    """models/model.ts with extra/metadata.json and extra/inference.json inside, as `monai.bundle ckpt_export`."""
+    from monai.data import save_net_with_metadata
+
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # scripting fails on some modules; tracing covers fixed-topology U-Nets
         logger.warning("torch.jit.script failed (%s); tracing instead", error)
         scripted = torch.jit.trace(network, torch.rand(1, 1, *roi_size))
-    atomic_write(path, lambda stream: torch.jit.save(scripted, stream))
+    extra = {"inference.json": json.dumps(json.loads(inference_text)).encode()}
+    atomic_write(path, lambda stream: save_net_with_metadata(
+        scripted, stream, include_config_vals=False, meta_values=meta, more_extra_files=extra))
+
+
+def _check_literal_network(spec, network: torch.nn.Module, run: Path) -> None:
+    """The config's literal network_def must be the run's network: same tensors (strict load), same logits."""
+    literal = build_safe_network(spec)
+    try:
+        load_weights(literal, run / "model.pt")
+    except WeightsError as error:
+        raise ExportError(f"{run}: the exported network_def does not fit the run's weights: {error}") from None
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.rand(1, 1, *spec.roi_size, generator=generator)
+    with torch.no_grad():
+        same = torch.equal(literal.eval()(probe), network(probe))
+    if not same:
+        raise ExportError(f"{run}: the exported network_def gives other logits than the run's network")
 
 
 def require_onnx() -> None:
@@ -528,11 +522,12 @@ def export_bundle(
     record = _read_run(run)
     config = record["config"]
     dims = int(config["spatial_dims"])
-    template = BUNDLES_DIR / (config.get("bundle") or f"binary_seg_{dims}d")
-    if not (template / "configs" / "inference.yaml").is_file():
-        raise ExportError(
-            f"bundle template {template} not found: export runs from a medtransfer checkout that has bundles/"
-        )
+    try:
+        template = registry.bundle_dir(config.get("bundle") or f"binary_seg_{dims}d")
+        template_inference = registry.inference_config(template)
+        template_meta = json.loads(registry.metadata_file(template).read_text())
+    except registry.RegistryError as error:
+        raise ExportError(f"{run}: the run's bundle template: {error}") from None
     try:
         target_spacing, manifest_content = run_target_spacing(config, manifest)
     except BundleError as error:
@@ -545,12 +540,17 @@ def export_bundle(
         raise ExportError(str(error)) from None
     network.eval()
 
-    inference = _inference_config(template / "configs" / "inference.yaml", config, target_spacing)
-    text = _HEADER + yaml.dump(inference, Dumper=_ConfigDumper, sort_keys=False, width=120)
+    template_spec = safe_spec(template, read_config_file(template_inference), template_inference)
+    try:
+        inference = inference_config(network, config, target_spacing, [int(s) for s in config["patch_size"]],
+                                     template_spec.sw_batch_size, template_spec.overlap)
+    except StandaloneError as error:
+        raise ExportError(f"{run}: {error}") from None
+    text = json.dumps(inference, indent=2) + "\n"
     _check_no_machine_paths(text, run)
-    spec = safe_spec(output, inference, output / "configs" / "inference.yaml")  # the export must load safely
+    spec = safe_spec(output, inference, output / INFERENCE_CONFIG)  # the export must load safely
+    _check_literal_network(spec, network, run)
     inferer = {"roi_size": spec.roi_size, "sw_batch_size": spec.sw_batch_size, "overlap": spec.overlap}
-    template_meta = json.loads((template / "configs" / "metadata.json").read_text())
     meta = _metadata(template_meta, record, run, manifest_content, target_spacing, version, inferer,
                      _pretraining(run, record))
 
@@ -560,14 +560,15 @@ def export_bundle(
         (staging / "configs").mkdir(parents=True)
         (staging / "models").mkdir()
         (staging / "docs").mkdir()
-        (staging / "configs" / "inference.yaml").write_text(text)
+        (staging / INFERENCE_CONFIG).write_text(text)
+        write_scripts(staging)
         shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
-        shutil.copyfile(template / "LICENSE", staging / "LICENSE")
+        shutil.copyfile(template / registry.LICENSE, staging / registry.LICENSE)
         meta[CHECKSUM_KEY][WEIGHTS_PATH] = sha256_of(staging / WEIGHTS_PATH)
 
         exported = []
         if torchscript:
-            _torchscript(network, spec.roi_size, staging / TORCHSCRIPT_PATH)
+            _torchscript(network, spec.roi_size, staging / TORCHSCRIPT_PATH, meta, text)
             exported.append(("torchscript", TORCHSCRIPT_PATH))
         if onnx:
             _onnx(network, spec.roi_size, staging / ONNX_PATH)

@@ -10,8 +10,11 @@ existing outputs are never overwritten unless asked.
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import copy
 import csv
+import errno
 import io
 import logging
 import os
@@ -58,7 +61,7 @@ ALL_SERIES = "all"
 _WARNING_LOGGERS = ("medtransfer.data.dicom", "medtransfer.inference.dicom_seg")
 
 
-class SegmentError(RuntimeError):
+class SegmentError(MedtransferError, RuntimeError):
     """`segment` cannot start (e.g. it would overwrite outputs); per-scan problems become failed rows instead."""
 
 
@@ -380,6 +383,45 @@ def write_summary(results: Sequence[ScanResult], path: str | os.PathLike) -> Pat
     return Path(path)
 
 
+# --- the output folder (hostile-input checks) ------------------------------------------------------------------
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+def _check_output_folder(output: Path, inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse an output folder that is, or lies inside, an input folder (masks would land among the scans and be
+    segmented on the next call)."""
+    target = Path(os.path.realpath(output))
+    for item in inputs:
+        source = Path(os.path.realpath(item))  # never raises (symlink loops are reported per scan later)
+        if source.is_dir() and (target == source or source in target.parents):
+            raise SegmentError(f"--output {output} is {'the' if target == source else 'inside the'} input folder "
+                               f"{item}; masks would be mixed with the scans. Choose a folder outside the inputs")
+
+
+def _check_writable(output: Path) -> None:
+    """Create the output folder and write a probe file once, so a read-only or full disk is one error up front."""
+    import tempfile
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-test-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise SegmentError(f"{output}: cannot write the masks there ({error.strerror or error})") from None
+
+
+def _disk_error(error: BaseException, output: Path) -> OSError | None:
+    """A write error of the output folder (full, read-only, no permission): not a problem of one scan."""
+    root = _root_cause(error)
+    if not isinstance(root, OSError):
+        return None
+    inside = bool(root.filename) and output.resolve() in Path(str(root.filename)).resolve().parents
+    return root if root.errno in _DISK_ERRORS or (inside and root.errno in (errno.EACCES, errno.EPERM)) else None
+
+
 def segment(
     model_or_bundle: str | os.PathLike | SegmentationModel,
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -402,6 +444,7 @@ def segment(
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     output = Path(output)
+    _check_output_folder(output, inputs)
     model = (
         model_or_bundle
         if isinstance(model_or_bundle, SegmentationModel)
@@ -416,8 +459,15 @@ def segment(
             f"{output}: {len(existing)} output file(s) already exist and would be overwritten:\n{listing}\n"
             f"choose another output folder, or pass --overwrite (overwrite=True)"
         )
-    output.mkdir(parents=True, exist_ok=True)
+    _check_writable(output)
+    from medtransfer.folder_lock import FolderLock
 
+    with FolderLock(output, "output folder"):  # a second `segment` into the same folder stops here
+        return _segment_all(model, scans, output, allow_uneven, progress)
+
+
+def _segment_all(model: SegmentationModel, scans: list[_Scan], output: Path, allow_uneven: bool,
+                 progress: bool) -> list[ScanResult]:
     results: list[ScanResult] = []
     bar = tqdm(scans, desc="segment", unit="scan", disable=not progress)
     for scan in bar:
@@ -436,6 +486,10 @@ def segment(
                 result.output_dicom_seg = str(dicom) if dicom else None
                 result.n_voxels, result.volume_ml = measured["n_voxels"], measured["volume_ml"]
             except Exception as error:  # one bad scan must not stop the others; the row says what went wrong
+                disk = _disk_error(error, output)
+                if disk is not None:  # a full / read-only disk fails every later scan too: one error, now
+                    raise SegmentError(f"{disk.filename or output}: cannot write ({disk.strerror}); "
+                                       f"{len(results)} scan(s) were written before") from None
                 result.status, result.error = "failed", _message(error, scan)
                 logger.debug("scan %s failed", scan.input, exc_info=True)
         result.seconds = round(time.perf_counter() - started, 3)

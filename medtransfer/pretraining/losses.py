@@ -8,11 +8,13 @@ from torch import nn
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """Normalised temperature-scaled cross entropy of Chen et al. (2020), averaged over the 2B anchors.
+    """Normalised temperature-scaled cross entropy of Chen et al. (2020), summed over both directions.
 
     z1[i] and z2[i] are two views of image i. For each of the 2B embeddings, the positive is its other view
     and the negatives are the remaining 2B − 2 embeddings; similarities are cosine / temperature, and an
-    embedding is never compared with itself.
+    embedding is never compared with itself. As in ConRec's code (`utils/contrastive.py`:
+    CE([ab, aa]) + CE([ba, bb])), the loss is the mean over the B anchors of view 1 *plus* the mean over the B
+    anchors of view 2 — twice the mean over all 2B anchors, so λ_con keeps its published weight.
     """
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"NT-Xent needs two (batch, dim) embeddings of the same shape, got {tuple(z1.shape)} "
@@ -27,7 +29,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     logits = embeddings @ embeddings.T / temperature
     logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=logits.device), float("-inf"))
     positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(logits.device)
-    return F.cross_entropy(logits, positives)
+    per_anchor = F.cross_entropy(logits, positives, reduction="none")
+    return per_anchor[:batch].mean() + per_anchor[batch:].mean()
 
 
 class ConRecLoss(nn.Module):

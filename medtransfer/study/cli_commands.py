@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     outcome = run_study(args.study_file, study_dir=args.study_dir, data_root=args.data_root,
                         executor=args.executor, workers=args.workers, address=args.address,
                         allow_changed=args.allow_changed, progress=not args.no_progress, report=not args.no_report,
-                        preload=not args.no_preload)
+                        preload=not args.no_preload, trusted=args.trusted)
     counts = outcome["counts"]
     print(f"{outcome['study_dir']}: {counts['finished']} finished, {counts['failed']} failed, "
           f"{counts['skipped']} skipped ({outcome['already_finished']} were already finished); "
@@ -67,10 +67,11 @@ def register(commands) -> None:
     sub = study.add_subparsers(dest="study_command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a study file, then write its report")
-    run.add_argument("study_file")
+    run.add_argument("study_file", help="study YAML file (see medtransfer/study/spec.py)")
     run.add_argument("--study-dir", help="study folder (default: runs/studies/<name>)")
     run.add_argument("--data-root", help="folder the study's data manifest paths are relative to")
-    run.add_argument("--executor", choices=("local", "ray"), default="local")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local processes (default) or an existing Ray cluster")
     run.add_argument("--workers", type=int, default=None,
                      help="runs at once (local default 1; ray default: cluster CPUs)")
     run.add_argument("--address", help="Ray cluster address (e.g. HOST:6379 or 'auto')")
@@ -80,33 +81,36 @@ def register(commands) -> None:
     run.add_argument("--no-preload", action="store_true",
                      help="local executor: start every run as a fresh interpreter instead of forking it from a "
                           "server that has imported torch/MONAI once (~4 s less per run)")
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--no-report", action="store_true")
+    run.add_argument("--trusted", action="store_true",
+                     help="allow settings that are MONAI expressions or references ($..., @..., %%...): they run as "
+                          "code in every run; only for a study file you wrote or have read")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-report", action="store_true", help="skip results.csv, summary.md and figures")
     run.set_defaults(handler=_run)
 
     report = sub.add_parser("report", help="re-render results.csv, summary.md and figures/ from finished runs")
-    report.add_argument("study_dir")
-    report.add_argument("--no-figures", action="store_true")
+    report.add_argument("study_dir", help="study folder (runs/studies/<name>)")
+    report.add_argument("--no-figures", action="store_true", help="tables and summary.md only")
     report.set_defaults(handler=_report)
 
     status = sub.add_parser("status", help="what is finished, running, failed, skipped or pending")
-    status.add_argument("study_dir")
+    status.add_argument("study_dir", help="study folder (runs/studies/<name>)")
     status.add_argument("--all", action="store_true", help="list finished runs too")
     status.add_argument("--errors", action="store_true", help="full traceback tails of failed runs")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (`python -m medtransfer.study.cli_commands ...`) until cli.py wires `register`."""
-    from medtransfer.study.spec import StudyError
+    from medtransfer.errors import MedtransferError
 
     parser = argparse.ArgumentParser(prog="medtransfer")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except StudyError as error:
+    except MedtransferError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -14,8 +14,9 @@ from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
 
 from medtransfer.study.preloaded import PreloadedLauncher, supported
-from medtransfer.study.processes import (  # noqa: F401  (error_tail, log_command, run_outcome: re-exported)
+from medtransfer.study.processes import (  # noqa: F401  (re-exported: the names callers knew executors by)
     TRACEBACK_LINES,
+    die_with_parent,
     error_tail,
     execute_command,
     log_command,

@@ -30,35 +30,73 @@ def _label(arm: tuple[str, str]) -> str:
     return arm[1] if arm[0] == NO_SOURCE else f"{arm[0]} / {arm[1]}"
 
 
+# One colour and marker per strategy in every panel and figure (colour-blind-safe Okabe–Ito palette); strategies
+# outside the known six get the remaining ones in name order.
+STRATEGY_STYLE = {
+    "scratch": ("#000000", "o"),
+    "encoder": ("#0072B2", "s"),
+    "decoder": ("#E69F00", "^"),
+    "full": ("#009E73", "D"),
+    "encoder_frozen": ("#D55E00", "v"),
+    "random_encoder_frozen": ("#CC79A7", "P"),
+}
+_EXTRA_STYLES = [("#56B4E9", "X"), ("#F0E442", "*"), ("#999999", "h"), ("#882255", "<"), ("#117733", ">")]
+OBJECTIVE_LINES = ["-", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]  # per pretraining objective where panels mix them
+
+
+def strategy_style(strategy: str, known: list[str] | None = None) -> tuple[str, str]:
+    """(colour, marker) of a strategy: fixed for the known strategies, stable by name order for others."""
+    if strategy in STRATEGY_STYLE:
+        return STRATEGY_STYLE[strategy]
+    others = sorted(s for s in (known or [strategy]) if s not in STRATEGY_STYLE)
+    index = others.index(strategy) if strategy in others else 0
+    return _EXTRA_STYLES[index % len(_EXTRA_STYLES)]
+
+
 def _colours(arms):
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
-    return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
+    strategies = sorted({a[1] for a in arms})
+    return {arm: strategy_style(arm[1], strategies)[0] for arm in arms}
+
+
+def _offsets(count: int, spread: float = 0.035) -> list[float]:
+    """Multiplicative x offsets (log axis) that put `count` arms side by side around each fraction."""
+    if count <= 1:
+        return [1.0] * count
+    return [10 ** (spread * (i - (count - 1) / 2) / (count - 1) * 2) for i in range(count)]
 
 
 def dice_vs_fraction(path: Path, table: list[dict]) -> None:
-    """One panel per pretraining objective; no-source arms (scratch, random_encoder_frozen) in every panel."""
+    """One panel per pretraining objective; no-source arms (scratch, random_encoder_frozen) in every panel.
+
+    Points: mean over seeds of the per-seed mean test Dice, side by side per fraction so that intervals never hide
+    each other; error bars: 95% t-interval over seeds (medtransfer.evaluation.statistics.cell_summary; none below
+    3 seeds); small open markers: the individual per-seed means."""
     plt = _pyplot()
     arms = _arms([(r["objective"], r["strategy"]) for r in table])
-    colours = _colours(arms)
+    strategies = sorted({a[1] for a in arms})
     objectives = sorted({a[0] for a in arms if a[0] != NO_SOURCE}) or [NO_SOURCE]
     fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 4.2), squeeze=False, sharey=True)
     fractions = sorted({r["fraction"] for r in table})
+    any_interval = any(r.get("ci_low") is not None for r in table)
     for ax, objective in zip(axes[0], objectives):
-        for arm in arms:
-            if arm[0] not in (objective, NO_SOURCE):
-                continue
+        shown = [arm for arm in arms if arm[0] in (objective, NO_SOURCE)]
+        for arm, offset in zip(shown, _offsets(len(shown))):
             rows = sorted((r for r in table if (r["objective"], r["strategy"]) == arm and r["mean"] is not None),
                           key=lambda r: r["fraction"])
             if not rows:
                 continue
-            x = [r["fraction"] for r in rows]
-            y = [r["mean"] for r in rows]
-            style = "--" if arm[0] == NO_SOURCE else "-"
-            ax.plot(x, y, style, marker="o", color=colours[arm], label=arm[1])
-            low = [r["ci_low"] if r["ci_low"] is not None else r["mean"] for r in rows]
-            high = [r["ci_high"] if r["ci_high"] is not None else r["mean"] for r in rows]
-            ax.fill_between(x, low, high, color=colours[arm], alpha=0.15, linewidth=0)
+            colour, marker = strategy_style(arm[1], strategies)
+            x = np.asarray([r["fraction"] for r in rows]) * offset
+            y = np.asarray([r["mean"] for r in rows])
+            low = np.asarray([r["ci_low"] if r.get("ci_low") is not None else r["mean"] for r in rows])
+            high = np.asarray([r["ci_high"] if r.get("ci_high") is not None else r["mean"] for r in rows])
+            ax.errorbar(x, y, yerr=[y - low, high - y], fmt=marker, color=colour, markersize=6, capsize=3,
+                        elinewidth=1.2, linestyle="--" if arm[0] == NO_SOURCE else "-", linewidth=1.0,
+                        label=arm[1], zorder=3)
+            for xi, r in zip(x, rows):
+                seeds = list((r.get("seed_means") or {}).values())
+                ax.plot([xi] * len(seeds), seeds, marker, color=colour, markersize=3.5, markerfacecolor="none",
+                        markeredgewidth=0.7, alpha=0.7, linestyle="none", zorder=2)
         ax.set_xscale("log")
         ax.set_xticks(fractions)
         ax.set_xticklabels([f"{f:g}" for f in fractions])
@@ -66,10 +104,18 @@ def dice_vs_fraction(path: Path, table: list[dict]) -> None:
         ax.set_xlabel("fraction of training cases (log)")
         ax.set_title(f"pretraining: {objective}" if objective != NO_SOURCE else "no pretraining")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel("test Dice (mean, 95% CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    axes[0][0].set_ylabel("test Dice: mean of seed means, 95% CI over seeds" if any_interval else
+                          "test Dice: mean of seed means (○ seeds; < 3 seeds: no CI)")
+    handles, labels = [], []  # one legend for all panels: the styles are the same everywhere
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    columns = min(6, len(labels))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + columns - 1) // columns), 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # never clip the legend
     plt.close(fig)
 
 
@@ -78,6 +124,8 @@ def validation_curves(path: Path, curves: dict) -> None:
     plt = _pyplot()
     arms = _arms(curves)
     colours = _colours(arms)
+    strategies = sorted({a[1] for a in arms})
+    objectives = sorted({a[0] for a in arms if a[0] != NO_SOURCE})
     fractions = sorted({k[2] for k in curves})
     fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4.2), squeeze=False, sharey=True)
     for ax, fraction in zip(axes[0], fractions):
@@ -91,10 +139,15 @@ def validation_curves(path: Path, curves: dict) -> None:
             data = np.asarray([s[:length] for s in series], dtype=float)
             epochs = np.arange(1, length + 1)
             mean = data.mean(axis=0)
-            ax.plot(epochs, mean, "--" if arm[0] == NO_SOURCE else "-", color=colours[arm], label=_label(arm))
-            if len(series) > 1:
+            style = "--" if arm[0] == NO_SOURCE else OBJECTIVE_LINES[objectives.index(arm[0]) % len(OBJECTIVE_LINES)]
+            marker = strategy_style(arm[1], strategies)[1]
+            ax.plot(epochs, mean, linestyle=style, marker=marker, markevery=max(1, length // 6), markersize=4,
+                    color=colours[arm], label=_label(arm))
+            if len(series) > 1:  # light band with outlines: overlapping bands stay readable
                 sd = data.std(axis=0, ddof=1)
-                ax.fill_between(epochs, mean - sd, mean + sd, color=colours[arm], alpha=0.12, linewidth=0)
+                ax.fill_between(epochs, mean - sd, mean + sd, color=colours[arm], alpha=0.08, linewidth=0)
+                for edge in (mean - sd, mean + sd):
+                    ax.plot(epochs, edge, color=colours[arm], linewidth=0.5, alpha=0.5, linestyle=style)
         ax.set_title(f"fraction {fraction:g}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

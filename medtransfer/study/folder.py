@@ -58,7 +58,8 @@ def load_study_dir(study_dir: str | Path) -> StudySpec:
     target = record["content"].get("data_manifest")
     root = data_roots.get(target) if target else None
     try:
-        return parse_study(record["content"], base=base, data_root=root, source_file=record.get("study_file"))
+        return parse_study(record["content"], base=base, data_root=root, source_file=record.get("study_file"),
+                           trusted=bool(record.get("trusted")))
     except StudyError:
         pass
     stand_in = str(study_dir.resolve())
@@ -66,7 +67,8 @@ def load_study_dir(study_dir: str | Path) -> StudySpec:
     for stage in content.get("pretraining") or []:
         if isinstance(stage, dict):
             stage["data_root"] = stand_in
-    spec = parse_study(content, base=base, data_root=stand_in, source_file=record.get("study_file"))
+    spec = parse_study(content, base=base, data_root=stand_in, source_file=record.get("study_file"),
+                       trusted=bool(record.get("trusted")))
     for info in spec.manifests.values():
         info.data_root = None
     return dataclasses.replace(spec, content=record["content"],

@@ -18,6 +18,11 @@ Why not `multiprocessing`'s forkserver: it re-imports the driver's `__main__` sc
 breaks (or re-runs) any user script that calls `run_study` without an `if __name__ == "__main__":` guard.
 The launcher is single-threaded (it forks only from its main loop: no lock can be held by another thread at
 fork time) and talks to the driver over its stdin/stdout, one JSON line per request and per exit status.
+
+Nothing outlives the driver: the launcher and every run it forks get a parent-death signal (SIGKILL, Linux
+``PR_SET_PDEATHSIG``), and the launcher also checks that its driver is alive (``getppid``) while it waits,
+killing its runs when the driver is gone. Without this a ``kill -9`` of ``medtransfer study run`` left runs
+training, and a rerun trained the same run a second time into the same folder.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import itertools
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from medtransfer.study.processes import execute_command, log_command, run_outcome
+from medtransfer.study.processes import _child_setup, die_with_parent, execute_command, log_command, run_outcome
 
 PRELOAD = ["torch", "ignite.engine", "monai.bundle", "monai.engines", "monai.handlers", "monai.transforms",
            "medtransfer.handlers", "medtransfer.data.transforms", "medtransfer.networks", "medtransfer.transfer",
@@ -53,11 +59,12 @@ def module_command(command: list[str]) -> tuple[str, list[str]] | None:
 
 
 # Launcher side (its own process) ----------------------------------------------------------------------------
-def _run_child(request: dict) -> None:
+def _run_child(request: dict, launcher_pid: int) -> None:
     """In the forked child: redirect output to the log, apply the run's environment, run the module as
     __main__, exit with its status. Never returns."""
     code = 1
     try:
+        die_with_parent(launcher_pid)
         fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -101,8 +108,18 @@ def _run_child(request: dict) -> None:
             os._exit(code)
 
 
+def _kill_children(children: dict) -> None:
+    for pid in list(children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def serve() -> None:
     """The launcher's loop: import PRELOAD, then fork one child per request line, report each exit status."""
+    driver = int(os.environ.get("MEDTRANSFER_LAUNCHER_PARENT", os.getppid()))
+    die_with_parent(driver)
     for name in PRELOAD:
         try:
             importlib.import_module(name)
@@ -110,6 +127,7 @@ def serve() -> None:
             print(f"medtransfer launcher: could not preload {name}: {error}", file=sys.stderr, flush=True)
     requests, results = sys.stdin.fileno(), sys.stdout
     buffer, open_input, children = b"", True, {}
+    launcher = os.getpid()
     while open_input or children:
         if open_input:
             readable, _, _ = select.select([requests], [], [], 0.05)
@@ -122,10 +140,13 @@ def serve() -> None:
                     request = json.loads(line)
                     pid = os.fork()
                     if pid == 0:
-                        _run_child(request)
+                        _run_child(request, launcher)
                     children[pid] = request["id"]
         else:
             time.sleep(0.05)
+        if os.getppid() != driver:  # the driver is gone (where no parent-death signal exists): stop its runs
+            _kill_children(children)
+            os._exit(1)
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
@@ -143,7 +164,9 @@ class PreloadedLauncher:
     def __init__(self) -> None:
         self._log = tempfile.NamedTemporaryFile(prefix="medtransfer-launcher-", suffix=".log", delete=False)
         self._process = subprocess.Popen([sys.executable, "-m", "medtransfer.study.preloaded"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._log, cwd=str(Path.cwd()))
+                                         stdout=subprocess.PIPE, stderr=self._log, cwd=str(Path.cwd()),
+                                         env={**os.environ, "MEDTRANSFER_LAUNCHER_PARENT": str(os.getpid())},
+                                         preexec_fn=_child_setup(os.getpid()))
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._pending: dict[int, Future] = {}

@@ -1,18 +1,51 @@
 """One run as one process: start it with its output in the run's log, and read back how it ended.
 
 Both launch paths use these: a fresh subprocess (`execute_command`; the Ray executor's tasks too) and a fork
-of the preloaded launcher (`medtransfer.study.preloaded`), so a run's log and outcome read the same either way.
+of the preloaded launcher (`medtransfer.study.preloaded`), so a run's log and outcome read the same either way,
+and either way a run dies with the process that started it (`die_with_parent`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 TRACEBACK_LINES = 40
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - every Linux libc has prctl
+        return None
+
+
+_PRCTL = _load_prctl()  # looked up once: the child calls it between fork and exec
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """In a freshly forked child: ask the kernel to send `sig` when its parent dies (Linux PR_SET_PDEATHSIG),
+    and exit at once if the parent is already gone. So a `kill -9` of the study driver takes its runs with it
+    instead of leaving them training into folders that a rerun will use again. (Elsewhere the launcher's
+    parent-alive check is what stops runs.)"""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    return lambda: die_with_parent(parent_pid)
 
 
 def error_tail(log_text: str, max_lines: int = TRACEBACK_LINES) -> str:
@@ -33,7 +66,7 @@ def execute_command(command: list[str], log_path: str, env: dict[str, str] | Non
     with open(log, "ab") as stream:
         try:
             returncode = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=full_env,
-                                        cwd=cwd).returncode
+                                        cwd=cwd, preexec_fn=_child_setup(os.getpid())).returncode
         except OSError as error:  # the command could not even start
             stream.write(f"Traceback (most recent call last)\nOSError: {error}\n".encode())
             returncode = 127

@@ -1,14 +1,16 @@
 """A study's report from its finished runs: results.csv (tidy), summary.md (statistics) and figures/.
 
-Statistics:
+Statistics (medtransfer.evaluation.statistics, whose docstring explains the choice and its calibration):
 - The unit of observation is a test case, or for slice data sets (cases with a `volume`, written by
   `medtransfer data slices`) a test *volume*: its slices' Dice are averaged first, because slices of one
-  patient are not independent observations (treating them as such would make every p-value too small).
-- Dice per objective × strategy × fraction: mean ± sd and the 95% CI of the mean (t distribution) over all
-  (unit, seed) observations.
-- Each strategy against `scratch` at the same fraction: paired Wilcoxon signed-rank test over (unit, seed)
-  pairs, Holm-corrected over all comparisons of the study.
-- Convergence: the first epoch whose validation Dice reaches 90% of the run's final validation Dice.
+  patient are not independent observations.
+- The unit of replication is the training run (seed): (case, seed) pairs are never treated as independent.
+  Dice per objective × strategy × fraction: the mean of the per-seed mean Dice, with a t-interval over seeds.
+- Each strategy against `scratch` at the same fraction (and any pair named in the study's `comparisons`):
+  paired t-test over seeds of the per-seed mean difference over the shared test units, Holm-corrected over
+  all comparisons of the study. Below 3 seeds: estimates only, "too few seeds for a seed-level test".
+- Convergence: iterations to a common target per fraction × seed (95% of the best final validation Dice of
+  any arm there; "not reached" otherwise) and the normalised area under the validation curve.
 - With an `analysis` block (medtransfer.study.analysis): mean layer CKA per cell (vs start, vs random, across
   seeds) and each checkpoint's transferability score next to the Dice fine-tuning reached from it (Spearman).
   Fine-tunes from intermediate checkpoints appear in results.csv (column `checkpoint_epoch`) but not in the
@@ -28,81 +30,75 @@ from typing import Any, Iterable
 import numpy as np
 
 from medtransfer.atomic import atomic_write
+from medtransfer.evaluation.statistics import (MIN_SEEDS, METHOD, TOO_FEW_SEEDS, cell_summary, compare_cells, holm,
+                                               mean_ci, unit_observations)
 from medtransfer.study.analysis import COMPARISONS, summarise_cka, transferability_table
 from medtransfer.study.figures import write_figures
 from medtransfer.study.folder import STATUS_FILE, finished_record, load_study_dir, read_json, run_dir
 from medtransfer.study.spec import NO_SOURCE, Run, StudySpec
 
+__all__ = ["holm", "mean_ci", "analyse", "collect", "write_report", "write_csv", "convergence", "validation_auc"]
+
 CASE_METRICS = ("dice", "hd95", "surface_dice", "volume_pred", "volume_label")
+CONVERGENCE_COLUMNS = ("convergence_target", "target_reached", "epochs_to_target", "iterations_to_target", "val_auc")
 COLUMNS = ("study", "run_id", "objective", "source", "strategy", "fraction", "seed", "checkpoint_epoch", "case",
-           "volume", *CASE_METRICS, "best_epoch", "epochs_to_90", "wall_time_seconds")
+           "volume", *CASE_METRICS, "best_epoch", *CONVERGENCE_COLUMNS, "wall_time_seconds")
 BASELINE = "scratch"
-CONVERGENCE_LEVEL = 0.9
+CONVERGENCE_LEVEL = 0.95  # of the best final validation Dice of any arm at the same fraction × seed
 
 
-# Statistics -----------------------------------------------------------------------------------------------
-def holm(p_values: Iterable[float | None]) -> list[float | None]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1); None/NaN stay None."""
-    values = list(p_values)
-    valid = [(p, i) for i, p in enumerate(values) if p is not None and not math.isnan(p)]
-    m = len(valid)
-    adjusted: list[float | None] = [None] * len(values)
-    running = 0.0
-    for rank, (p, index) in enumerate(sorted(valid)):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[index] = running
-    return adjusted
+# Convergence ------------------------------------------------------------------------------------------------
+def _history(val_history: list[dict] | None) -> list[tuple[int, float]]:
+    return [(int(h["epoch"]), float(h["val_dice"])) for h in val_history or []
+            if h.get("val_dice") is not None and math.isfinite(float(h["val_dice"]))]
 
 
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else float("nan")
+def validation_auc(val_history: list[dict] | None) -> float | None:
+    """Area under the validation-Dice curve (trapezoid over epochs) divided by the epoch span: the mean
+    validation Dice over training, in [0, 1]; a single validation gives its value."""
+    history = _history(val_history)
+    if not history:
+        return None
+    epochs, values = np.asarray(history, dtype=float).T
+    if len(epochs) == 1 or epochs[-1] == epochs[0]:
+        return float(values[-1])
+    return float(np.trapezoid(values, epochs) / (epochs[-1] - epochs[0]))
 
 
-def mean_ci(values: Iterable[float], level: float = 0.95) -> dict[str, float | int | None]:
-    """Mean, sd and the `level` confidence interval of the mean (t distribution); NaNs are dropped."""
-    from scipy import stats
-
-    data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    n = int(data.size)
-    if n == 0:
-        return {"n": 0, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
-    mean = float(data.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "sd": None, "ci_low": None, "ci_high": None}
-    sd = float(data.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
-    return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def paired_wilcoxon(a: dict, b: dict) -> dict[str, Any]:
-    """Wilcoxon signed-rank test of a − b over the keys both have (pairs with a NaN are dropped)."""
-    from scipy import stats
-
-    keys = sorted(k for k in set(a) & set(b) if not (math.isnan(a[k]) or math.isnan(b[k])))
-    diff = np.asarray([a[k] - b[k] for k in keys], dtype=float)
-    out: dict[str, Any] = {"n_pairs": len(keys), "mean_diff": float(diff.mean()) if len(keys) else None,
-                           "median_diff": float(np.median(diff)) if len(keys) else None, "statistic": None, "p": None}
-    if len(keys) < 2:
+def convergence(val_history: list[dict] | None, target: float | None,
+                iterations_per_epoch: int | None) -> dict[str, Any]:
+    """First epoch (and training iteration) whose validation Dice reaches `target`; not reached → None."""
+    history = _history(val_history)
+    out = {"convergence_target": target, "target_reached": None, "epochs_to_target": None,
+           "iterations_to_target": None, "val_auc": validation_auc(val_history)}
+    if not history or target is None:
         return out
-    if np.all(diff == 0):
-        out.update(statistic=0.0, p=1.0)
-        return out
-    result = stats.wilcoxon(diff)
-    out.update(statistic=float(result.statistic), p=float(result.pvalue))
+    epoch = next((e for e, value in history if value >= target), None)
+    out["target_reached"] = epoch is not None
+    if epoch is not None:
+        out["epochs_to_target"] = epoch
+        out["iterations_to_target"] = epoch * iterations_per_epoch if iterations_per_epoch else None
     return out
 
 
-def epochs_to_fraction(val_history: list[dict], level: float = CONVERGENCE_LEVEL) -> int | None:
-    """First epoch whose validation Dice is ≥ `level` × the final validation Dice."""
-    history = [(int(h["epoch"]), h["val_dice"]) for h in val_history or [] if h.get("val_dice") is not None]
-    if not history:
-        return None
-    final = history[-1][1]
-    for epoch, value in history:
-        if value >= level * final:
-            return epoch
-    return history[-1][0]  # pragma: no cover - the final epoch always qualifies
+def _iterations_per_epoch(run: Run, record: dict) -> int | None:
+    value = (record.get("config") or {}).get("iterations_per_epoch") or run.args.get("iterations_per_epoch")
+    if value:
+        return int(value)
+    if record.get("iterations") and record.get("epochs"):
+        return int(record["iterations"]) // int(record["epochs"])
+    return None
+
+
+def convergence_targets(finished: Iterable[tuple[Run, dict]], level: float = CONVERGENCE_LEVEL) -> dict[tuple, float]:
+    """{(fraction, seed): level × the best final validation Dice of any grid arm at that fraction and seed}."""
+    best: dict[tuple, float] = {}
+    for run, record in finished:
+        history = _history(record.get("val_history"))
+        if run.checkpoint_epoch is None and history:
+            key = (run.fraction, run.seed)
+            best[key] = max(best.get(key, -math.inf), history[-1][1])
+    return {key: level * value for key, value in best.items()}
 
 
 # Collection -----------------------------------------------------------------------------------------------
@@ -115,6 +111,7 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
     rows: list[dict] = []
     records: dict[str, dict] = {}
     problems: list[dict] = []
+    finished: list[tuple[Run, dict]] = []
     for run in runs:
         record = finished_record(run, run_dir(study_dir, run))
         if record is None:
@@ -124,16 +121,22 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
             continue
         if run.kind != "finetune":
             continue
+        finished.append((run, record))
         if run.checkpoint_epoch is None:  # the grid; checkpoint fine-tunes only feed the transferability table
             records[run.run_id] = {"run": run, "record": record}
-        to90 = epochs_to_fraction(record.get("val_history") or [])
+    targets = convergence_targets(finished)
+    for run, record in finished:
+        speed = convergence(record.get("val_history"), targets.get((run.fraction, run.seed)),
+                            _iterations_per_epoch(run, record))
+        if run.run_id in records:
+            records[run.run_id]["convergence"] = speed
         for case in record.get("per_case") or []:
             row = {"study": spec.name, "run_id": run.run_id, "objective": run.objective,
                    "source": sources.get(run.depends_on, NO_SOURCE) if run.depends_on else NO_SOURCE,
                    "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
                    "checkpoint_epoch": "" if run.checkpoint_epoch is None else run.checkpoint_epoch,
                    "case": case.get("case"), "volume": volume_of.get(case.get("case"), ""),
-                   "best_epoch": record.get("best_epoch"), "epochs_to_90": to90,
+                   "best_epoch": record.get("best_epoch"), **speed,
                    "wall_time_seconds": record.get("wall_time_seconds")}
             for metric in CASE_METRICS:
                 value = case.get(metric)
@@ -157,45 +160,27 @@ def arm_label(objective: str, strategy: str) -> str:
     return strategy if objective == NO_SOURCE else f"{objective}/{strategy}"
 
 
-def analyse(rows: list[dict], records: dict[str, dict]) -> dict[str, Any]:
-    """The numbers summary.md and the figures show."""
-    per_unit: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))  # cell -> {(unit, seed): [dice]}
-    for row in rows:
-        if row.get("checkpoint_epoch") not in (None, ""):
-            continue
-        unit = row.get("volume") or row["case"]  # slices of one volume are one observation
-        per_unit[(row["objective"], row["strategy"], row["fraction"])][(unit, row["seed"])].append(row["dice"])
-    dice: dict[tuple, dict] = {cell: {key: _nanmean(values) for key, values in units.items()}
-                               for cell, units in per_unit.items()}
-    table = []
-    for key in sorted(dice, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1], k[2])):
-        seeds = {seed for _, seed in dice[key]}
-        table.append({"objective": key[0], "strategy": key[1], "fraction": key[2], "n_seeds": len(seeds),
-                      **mean_ci(dice[key].values())})
-    tests = []
-    for key in sorted(dice, key=lambda k: (k[0], k[1], k[2])):
-        objective, strategy, fraction = key
-        if strategy == BASELINE:
-            continue
-        baseline = dice.get((NO_SOURCE, BASELINE, fraction))
-        if baseline is None:
-            continue
-        tests.append({"objective": objective, "strategy": strategy, "fraction": fraction,
-                      **paired_wilcoxon(dice[key], baseline)})
-    for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
-        test["p_holm"] = adjusted
+def analyse(rows: list[dict], records: dict[str, dict], comparisons: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The numbers summary.md and the figures show; `comparisons`: extra (arm, reference arm) pairs."""
+    grid = [row for row in rows if row.get("checkpoint_epoch") in (None, "")]
+    cells = unit_observations(grid)  # slices of one volume are one observation
+    order = sorted(cells, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1] != BASELINE, k[1], k[2]))
+    table = [{"objective": key[0], "strategy": key[1], "fraction": key[2], **cell_summary(cells[key])}
+             for key in order]
+    compared = compare_cells(cells, BASELINE, comparisons)
     curves: dict[tuple, list[list[float]]] = defaultdict(list)
-    convergence: dict[tuple, list[int]] = defaultdict(list)
+    speed: dict[tuple, list[dict]] = defaultdict(list)
     for item in records.values():
         run, record = item["run"], item["record"]
         key = (run.objective, run.strategy, run.fraction)
-        history = record.get("val_history") or []
-        curves[key].append([h["val_dice"] for h in history])
-        to90 = epochs_to_fraction(history)
-        if to90 is not None:
-            convergence[key].append(to90)
+        curves[key].append([h["val_dice"] for h in record.get("val_history") or []])
+        if item.get("convergence") and item["convergence"]["val_auc"] is not None:
+            speed[key].append(item["convergence"])
     unit = "volume" if any(row.get("volume") for row in rows) else "case"
-    return {"table": table, "tests": tests, "curves": dict(curves), "convergence": dict(convergence), "unit": unit}
+    seeds = {row["seed"] for row in grid}
+    return {"table": table, "tests": compared["comparisons"], "skipped": compared["skipped"],
+            "family": compared["family"], "n_seeds": len(seeds), "curves": dict(curves), "convergence": dict(speed),
+            "unit": unit}
 
 
 # Markdown -------------------------------------------------------------------------------------------------
@@ -223,35 +208,65 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     unit = "test volume" if analysis.get("unit") == "volume" else "test case"
     per_volume = ("A slice data set: each volume's slice Dice are averaged first (slices of one patient are not "
                   "independent observations). ") if unit == "test volume" else ""
+    n_seeds = analysis.get("n_seeds", 0)
+    too_few = n_seeds < MIN_SEEDS
+    lines += [f"**Statistical method:** {METHOD} (scipy.stats.ttest_1samp of the per-seed differences, 95% t-interval); "
+              f"the unit of replication is the training run (seed), each seed contributing the mean over the {unit}s "
+              f"both arms share, never (case, seed) pairs as independent observations.", ""]
+    if too_few:
+        lines += [f"**This study has {n_seeds} seed{'s' if n_seeds != 1 else ''}: {TOO_FEW_SEEDS}** (one needs ≥ "
+                  f"{MIN_SEEDS} seeds). The tables give estimates only: no confidence intervals and no p-values.", ""]
     lines += ["## Test Dice per strategy × fraction", "",
-              f"{per_volume}Mean ± sd over all ({unit}, seed) observations; 95% CI of the mean from the t distribution. "
-              f"Objective `{NO_SOURCE}`: runs that load no pretrained weights.", "",
-              "| objective | strategy | fraction | seeds | n | Dice mean ± sd | 95% CI |",
-              "|---|---|---:|---:|---:|---|---|"]
+              f"{per_volume}Dice: mean over seeds of each run's mean over its {unit}s; 95% CI: t-interval over the "
+              f"per-seed means (none below {MIN_SEEDS} seeds). sd seeds: between runs; sd {unit}s: within a run "
+              f"(mean over seeds). Objective `{NO_SOURCE}`: runs that load no pretrained weights.", "",
+              f"| objective | strategy | fraction | seeds | {unit}s | Dice | sd seeds | sd {unit}s | 95% CI (seeds) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in analysis["table"]:
-        lines.append(f"| {row['objective']} | {row['strategy']} | {row['fraction']:g} | {row['n_seeds']} | {row['n']} | "
-                     f"{_f(row['mean'])} ± {_f(row['sd'])} | [{_f(row['ci_low'])}, {_f(row['ci_high'])}] |")
-    lines += ["", f"## Against `{BASELINE}` (paired Wilcoxon signed-rank, Holm-corrected)", "",
-              f"Pairs are ({unit}, seed) at the same fraction; Δ = strategy − {BASELINE}. "
-              f"Holm correction over all {len(analysis['tests'])} comparisons.", ""]
+        interval = "–" if row["ci_low"] is None else f"[{_f(row['ci_low'])}, {_f(row['ci_high'])}]"
+        lines.append(f"| {row['objective']} | {row['strategy']} | {row['fraction']:g} | {row['n_seeds']} | "
+                     f"{row['n_units']} | {_f(row['mean'])} | {_f(row['sd_seeds'])} | {_f(row['sd_cases'])} | "
+                     f"{interval} |")
+    named = [f"{a} vs {b}" for a, b in getattr(spec, "comparisons", None) or []]
+    lines += ["", f"## Against `{BASELINE}`" + (f" and the named pairs ({', '.join(named)})" if named else ""), "",
+              f"Δ = strategy − reference at the same fraction: mean over seeds of the per-seed mean difference over the "
+              f"{unit}s both runs share. {analysis.get('family', '')}.", ""]
     if analysis["tests"]:
-        lines += ["| objective | strategy | fraction | pairs | mean Δ | median Δ | W | p | p (Holm) | |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += ["| objective | strategy | fraction | vs | seeds | Δ | 95% CI | p | p (Holm) | per-seed Δ | |",
+                  "|---|---|---:|---|---:|---:|---|---:|---:|---|---|"]
         for t in analysis["tests"]:
             mark = "*" if t.get("p_holm") is not None and t["p_holm"] < 0.05 else ""
-            lines.append(f"| {t['objective']} | {t['strategy']} | {t['fraction']:g} | {t['n_pairs']} | "
-                         f"{_f(t['mean_diff'])} | {_f(t['median_diff'])} | {_f(t['statistic'], 1)} | {_p(t['p'])} | "
-                         f"{_p(t.get('p_holm'))} | {mark} |")
-        lines += ["", "\\* Holm-adjusted p < 0.05."]
+            interval = "–" if t["ci_low"] is None else f"[{_f(t['ci_low'])}, {_f(t['ci_high'])}]"
+            per_seed = ", ".join(f"{d:+.3f}" for d in t["per_seed"].values())
+            lines.append(f"| {t['objective']} | {t['strategy']} | {t['fraction']:g} | {t['baseline']} | {t['n_seeds']} | "
+                         f"{_f(t['estimate'])} | {interval} | {_p(t['p'])} | {_p(t.get('p_holm'))} | {per_seed} | "
+                         f"{mark} |")
+        untested = sorted({t["method"] for t in analysis["tests"] if t["p"] is None})
+        lines += [""]
+        if any(t["p"] is not None for t in analysis["tests"]):
+            lines.append("\\* Holm-adjusted p < 0.05.")
+        lines += [f"- no p-value: {reason}" for reason in untested]
     else:
         lines.append(f"No comparisons: `{BASELINE}` or the other strategies have no finished runs.")
-    lines += ["", f"## Convergence: epochs to {int(CONVERGENCE_LEVEL * 100)}% of the final validation Dice", "",
-              "| objective | strategy | fraction | runs | epochs mean ± sd |", "|---|---|---:|---:|---|"]
-    for key in sorted(analysis["convergence"], key=lambda k: (k[0] != NO_SOURCE, k[0], k[1], k[2])):
-        values = analysis["convergence"][key]
-        stats = mean_ci(values)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {len(values)} | {_f(stats['mean'], 1)} ± "
-                     f"{_f(stats['sd'], 1)} |")
+    lines += [f"- {message}" for message in analysis.get("skipped") or []]
+    lines += ["", "## Convergence: iterations to a common target", "",
+              f"Target per fraction × seed: {int(CONVERGENCE_LEVEL * 100)}% of the best final validation Dice that any "
+              f"arm reached at that fraction and seed, so a flat or collapsing run cannot look fast. Iterations: median "
+              f"over seeds, a run that never reached the target counting as slowest (\"not reached\" when that is the "
+              f"median). AUC: area under the validation curve over the epoch span (= mean validation Dice during "
+              f"training; higher = better earlier).", "",
+              "| objective | strategy | fraction | runs | reached target | iterations to target (median) | "
+              "val AUC mean ± sd |", "|---|---|---:|---:|---:|---:|---|"]
+    for key in sorted(analysis["convergence"], key=lambda k: (k[0] != NO_SOURCE, k[0], k[1] != BASELINE, k[1], k[2])):
+        runs = analysis["convergence"][key]
+        reached = [r for r in runs if r["target_reached"]]
+        steps = sorted(r["iterations_to_target"] if r["target_reached"] and r["iterations_to_target"] is not None
+                       else math.inf for r in runs)
+        median = float(np.median(steps)) if steps else math.inf
+        auc = mean_ci(r["val_auc"] for r in runs)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {len(runs)} | {len(reached)} of {len(runs)} | "
+                     f"{'not reached' if not math.isfinite(median) else f'{median:g}'} | "
+                     f"{_f(auc['mean'])} ± {_f(auc['sd'])} |")
     lines += _cka_markdown(analysis.get("cka") or [])
     lines += _transferability_markdown(analysis.get("transferability"))
     if figures:
@@ -317,7 +332,7 @@ def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: 
     spec = spec or load_study_dir(study_dir)
     rows, records, problems = collect(study_dir, spec)
     write_csv(study_dir / "results.csv", rows)
-    analysis = analyse(rows, records)
+    analysis = analyse(rows, records, getattr(spec, "comparisons", None) or ())
     if spec.analysis:
         analysis["cka"] = summarise_cka(study_dir, spec) if spec.analysis.get("cka") else []
         analysis["transferability"] = transferability_table(study_dir, spec)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from medtransfer.atomic import save_json
+from medtransfer.folder_lock import LOCK_NAME, FolderLock
 from medtransfer.study.analysis import run_cka_analysis
 from medtransfer.study.executors import make_executor
 from medtransfer.study.folder import (  # noqa: F401  (re-exported: the names callers knew runner by)
@@ -66,7 +67,7 @@ def open_study_dir(spec: StudySpec, study_dir: str | Path, allow_changed: bool =
             "--allow-changed to adopt the new file here (runs whose configuration is unchanged keep their ids and "
             "results; the report then covers the new grid only)."
         )
-    if not previous and study_dir.is_dir() and any(study_dir.iterdir()):
+    if not previous and study_dir.is_dir() and any(p.name != LOCK_NAME for p in study_dir.iterdir()):
         raise StudyError(f"{study_dir} exists, is not empty and holds no {STUDY_RECORD}; choose an empty folder")
     study_dir.mkdir(parents=True, exist_ok=True)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -82,8 +83,28 @@ def open_study_dir(spec: StudySpec, study_dir: str | Path, allow_changed: bool =
         "created_at": (previous or {}).get("created_at", now),
         "updated_at": now,
         "history": history,
+        **({"trusted": True} if spec.trusted else {}),
     })
     return study_dir
+
+
+def lock_study_dir(study_dir: str | Path) -> FolderLock:
+    """The study folder's exclusive lock (held while a driver writes it); refuses a foreign non-empty folder
+    before putting a lock file into it."""
+    study_dir = Path(study_dir)
+    if study_dir.is_dir() and not (study_dir / STUDY_RECORD).exists() \
+            and any(p.name != LOCK_NAME for p in study_dir.iterdir()):
+        raise StudyError(f"{study_dir} exists, is not empty and holds no {STUDY_RECORD}; choose an empty folder")
+    return FolderLock(study_dir, "study folder").acquire()
+
+
+def check_inside(study_dir: Path, runs: list[Run]) -> None:
+    """Every run folder resolves inside the study folder (names are slugs; this is the second line of defence)."""
+    root = Path(study_dir).resolve()
+    for run in runs:
+        folder = run_dir(study_dir, run).resolve()
+        if root not in folder.parents:
+            raise StudyError(f"run {run.run_id!r} would be written to {folder}, outside the study folder {root}")
 
 
 # Status ---------------------------------------------------------------------------------------------------
@@ -152,6 +173,7 @@ class StudyRunner:
         self.command_factory = command_factory
         self.poll_seconds = poll_seconds
         self.runs = spec.expand()
+        check_inside(self.study_dir, self.runs)
         self.by_id = {run.run_id: run for run in self.runs}
         self.entries: dict[str, dict] = {}
         self.started = time.time()
@@ -263,12 +285,25 @@ class StudyRunner:
 def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_root: str | None = None,
               executor: str = "local", workers: int | None = None, address: str | None = None,
               allow_changed: bool = False, progress: bool = True, report: bool = True,
-              command_factory: Callable[..., list[str]] = bundle_command, preload: bool = True) -> dict[str, Any]:
+              command_factory: Callable[..., list[str]] = bundle_command, preload: bool = True,
+              trusted: bool = False) -> dict[str, Any]:
     """Validate, run what is not finished, write the report. Returns counts, seconds and the study folder.
 
-    `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters."""
-    spec = load_study(study_file, data_root=data_root)  # every input error surfaces here, before any training
+    `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters.
+    `trusted`: allow study settings that are MONAI expressions (they run as code in every run)."""
+    spec = load_study(study_file, data_root=data_root, trusted=trusted)  # input errors surface here, before training
     study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
+    lock = lock_study_dir(study_dir)  # a second driver on this folder stops here
+    try:
+        return _run_locked(spec, study_dir, executor, workers, address, allow_changed, progress, report,
+                           command_factory, preload)
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | None, address: str | None,
+                allow_changed: bool, progress: bool, report: bool, command_factory: Callable[..., list[str]],
+                preload: bool) -> dict[str, Any]:
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
     engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
     try:

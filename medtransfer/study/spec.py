@@ -27,6 +27,9 @@ A study file is YAML::
       transferability:              # score every checkpoint of every pretraining run on the target, and
         strategy: encoder           # fine-tune from each checkpoint (this strategy and fraction, every seed)
         fraction: 0.1               # to correlate the score with the Dice it reaches (Spearman)
+    comparisons:                    # optional pairs [arm, reference] besides "each strategy vs scratch"; an arm is
+      - [encoder, encoder_frozen]   # a strategy (compared within each pretraining stage) or stage/strategy
+      - [conrec/encoder, supervised/encoder]
 
 Strategies that load nothing (scratch, random_encoder_frozen) do not depend on a pretraining stage: they
 run once per fraction × seed (objective "none"). Every run id ends with 8 hex digits hashing the run's full
@@ -35,6 +38,8 @@ changed configuration gives new ids and results of different configurations are 
 """
 
 from __future__ import annotations
+
+from medtransfer.errors import MedtransferError
 
 import hashlib
 import json
@@ -47,22 +52,26 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLES_DIR = REPO_ROOT / "bundles"
+from medtransfer import registry
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
-            "finetune", "analysis"}
+            "finetune", "analysis", "comparisons"}
 ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
 STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings"}
 FINETUNE_KEYS = {"strategies", "fractions", "seeds", "settings"}
 # Bundle keys the study sets itself, per run: not allowed in `settings`.
 RESERVED_SETTINGS = {"output_dir", "data_manifest", "data_root", "fraction", "seed", "strategy", "source_checkpoint",
-                     "objective", "label_map", "bundle_root", "overwrite"}
+                     "objective", "label_map", "bundle_root", "overwrite", "dataset_dir"}
 NO_SOURCE = "none"
+# Study and stage names become folder names: plain slugs only (no "/", no leading "." or "-", no "..").
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# A string starting with one of these is MONAI config syntax (expression, reference, macro) once it reaches
+# `monai.bundle run` as an override: study files are data, so such values need `--trusted`.
+CONFIG_SYNTAX = ("$", "@", "%")
 
 
-class StudyError(ValueError):
+class StudyError(MedtransferError, ValueError):
     """The study file (or the study folder) cannot be used as given; raised before any training starts."""
 
 
@@ -134,13 +143,14 @@ class StudySpec:
     source_file: str | None = None
     manifests: dict[str, ManifestInfo] = field(default_factory=dict)
     analysis: dict = field(default_factory=dict)
+    trusted: bool = False  # settings may hold MONAI expressions (`study run --trusted`)
+    comparisons: list[tuple[str, str]] = field(default_factory=list)  # (arm, reference arm), report statistics
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
         """Pretraining runs first, then fine-tunes; ids are stable across calls and machines."""
         from medtransfer.transfer import STRATEGIES
 
-        configs = self.bundle_root / "configs"
         runs: list[Run] = []
         stage_runs: dict[str, Run] = {}
         for stage in self.stages:
@@ -172,8 +182,7 @@ class StudySpec:
             if manifest.data_root:
                 args["data_root"] = manifest.data_root
             run = Run(run_id, "pretrain", stage["name"], None, stage["fraction"], stage["seed"],
-                      (str(configs / "train.yaml"), str(configs / "pretrain.yaml"),
-                       str(configs / "pretrain" / f"{stage['objective']}.yaml")),
+                      registry.pretrain_config_files(self.bundle_root, stage["objective"]),
                       args, params, source=manifest.name)
             stage_runs[stage["name"]] = run
             runs.append(run)
@@ -210,9 +219,8 @@ class StudySpec:
         args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction, "seed": seed}
         if self.target.data_root:
             args["data_root"] = self.target.data_root
-        configs = self.bundle_root / "configs"
         return Run(run_id, "finetune", source, strategy, fraction, seed,
-                   (str(configs / "train.yaml"), str(configs / "transfer" / f"{strategy}.yaml")), args, params,
+                   registry.transfer_config_files(self.bundle_root, strategy), args, params,
                    depends_on=pre.run_id if pre else None, source_file=source_file,
                    checkpoint_epoch=checkpoint_epoch)
 
@@ -246,14 +254,14 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _resolve_bundle(content: dict, base: Path) -> Path:
-    bundle = content.get("bundle") or f"binary_seg_{int(content.get('spatial_dims', 2))}d"
+    bundle = content.get("bundle") or f"binary_seg_{_number(content.get('spatial_dims', 2), 'spatial_dims', int)}d"
     candidates = [Path(bundle)] if Path(bundle).is_absolute() else [base / bundle, Path.cwd() / bundle,
-                                                                       BUNDLES_DIR / bundle]
+                                                                       registry.bundles_dir() / bundle]
     for candidate in candidates:
-        if (candidate / "configs" / "train.yaml").is_file():
+        if registry.is_trainable_bundle(candidate):
             return candidate.resolve()
-    known = sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "configs" / "train.yaml").is_file())
-    raise StudyError(f"unknown bundle {bundle!r}: not a bundle folder (configs/train.yaml); known: {', '.join(known)}")
+    raise StudyError(f"unknown bundle {bundle!r}: not a bundle folder ({registry.TRAIN}); "
+                     f"known: {', '.join(registry.bundle_names())}")
 
 
 def _open_manifest_info(name: str, data_root: str | None, spatial_dims: int, base: Path) -> ManifestInfo:
@@ -284,7 +292,65 @@ def _open_manifest_info(name: str, data_root: str | None, spatial_dims: int, bas
     return ManifestInfo(content["name"], Path(path).resolve(), content, digest, data_root)
 
 
+def config_syntax(value: Any, where: str) -> list[str]:
+    """`where = value` for every string in `value` (nested lists/dicts too) that MONAI would not read as data."""
+    if isinstance(value, str):
+        return [f"{where} = {value!r}"] if value.startswith(CONFIG_SYNTAX) else []
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += config_syntax(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found += config_syntax(item, f"{where}[{index}]")
+    return found
+
+
+def _refuse_config_syntax(value: Any, where: str, trusted: bool) -> None:
+    found = [] if trusted else config_syntax(value, where)
+    _require(not found, f"{found[0] if found else ''}: a value starting with $, @ or % is a MONAI expression or "
+                        "reference that `monai.bundle run` would execute; study files are data. Write the literal value, "
+                        "or pass `medtransfer study run --trusted` for a study file you wrote or have read")
+
+
+def _check_name(name: Any, where: str) -> str:
+    text = str(name)
+    _require(isinstance(name, (str, int)) and NAME_PATTERN.match(text) is not None and ".." not in text,
+             f"{where}: {text!r} is not a plain name; use letters, digits, '_', '-' and '.' (it becomes a folder name, "
+             "so no '/', no '..' and no leading '.' or '-')")
+    return text
+
+
+def _number(value: Any, where: str, kind: type = float):
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise StudyError(f"{where}: {value!r} is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def _numbers(value: Any, where: str, kind: type = float) -> list:
+    _require(value is None or isinstance(value, list), f"{where}: must be a list, got {value!r}")
+    return [_number(item, f"{where}[{index}]", kind) for index, item in enumerate(value or [])]
+
+
+def _check_label_map(label_map: Any, where: str) -> dict | None:
+    """None, or {source value: 0 or 1} with at least one value mapped to 1 (else there is nothing to segment)."""
+    if label_map is None:
+        return None
+    _require(isinstance(label_map, dict) and label_map,
+             f"{where}: must be a mapping of label values onto 0 or 1, e.g. {{1: 1, 2: 1}}, got {label_map!r}")
+    for key, value in label_map.items():
+        _require(not isinstance(value, bool) and value in (0, 1) and str(key).lstrip("-").isdigit(),
+                 f"{where}: {key!r}: {value!r} is not an integer label value mapped onto 0 or 1")
+    _require(1 in label_map.values(), f"{where}: maps every label value to 0 (background): nothing would be "
+                                      "segmented; map at least one value to 1")
+    return label_map
+
+
 def _check_settings(settings: Any, where: str, bundle_keys: set[str]) -> dict:
+    _require(settings is None or isinstance(settings, dict), f"{where}: must be a mapping of bundle keys")
     settings = dict(settings or {})
     for key in settings:
         _require(key not in RESERVED_SETTINGS, f"{where}: {key!r} is set by the study itself, not in settings")
@@ -294,6 +360,8 @@ def _check_settings(settings: Any, where: str, bundle_keys: set[str]) -> dict:
 
 def _check_fractions(fractions: list[float], info: ManifestInfo, where: str) -> None:
     for fraction in fractions:
+        _require(0 < fraction <= 1, f"{where}: fraction {fraction} is outside (0, 1]; a fraction of the training "
+                                    f"cases, one of {', '.join(sorted(info.content['fractions'], key=float))}")
         key = _fraction_text(fraction)
         _require(key in info.content["fractions"],
                  f"{where}: fraction {fraction} is not in manifest {info.name!r}; available: "
@@ -311,7 +379,7 @@ def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractio
     unknown = set(raw) - ANALYSIS_KEYS
     _require(not unknown, f"analysis: unknown key(s) {', '.join(sorted(unknown))}; allowed: "
                           f"{', '.join(sorted(ANALYSIS_KEYS))}")
-    analysis = {"cka": bool(raw.get("cka", False)), "cka_images": int(raw.get("cka_images", 32)),
+    analysis = {"cka": bool(raw.get("cka", False)), "cka_images": _number(raw.get("cka_images", 32), "analysis.cka_images", int),
                 "cka_layers": str(raw.get("cka_layers", "all")), "cka_mode": str(raw.get("cka_mode", "flatten"))}
     _require(analysis["cka_layers"] in ("encoder", "decoder", "all"),
              f"analysis.cka_layers: one of encoder, decoder, all, not {analysis['cka_layers']!r}")
@@ -329,15 +397,37 @@ def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractio
         _require(strategy in STRATEGIES and STRATEGIES[strategy].load,
                  f"analysis.transferability.strategy: {strategy!r} must be a strategy that loads pretrained weights "
                  f"({', '.join(n for n, s in STRATEGIES.items() if s.load)})")
-        fraction = float(settings.get("fraction") or (min(fractions) if fractions else 1.0))
+        fraction = _number(settings.get("fraction") or (min(fractions) if fractions else 1.0),
+                           "analysis.transferability.fraction")
         _check_fractions([fraction], target, "analysis.transferability")
         analysis["transferability"] = {"strategy": strategy, "fraction": fraction}
     return analysis
 
 
+def _check_comparisons(raw: Any, stages: list[dict], strategies: list[str]) -> list[tuple[str, str]]:
+    """`comparisons`: [[arm, reference], ...]; an arm is a strategy of the grid or `stage/strategy`."""
+    if raw is None:
+        return []
+    _require(isinstance(raw, list), "comparisons: must be a list of [arm, reference] pairs")
+    names = {stage["name"] for stage in stages} | {NO_SOURCE}
+    pairs = []
+    for index, pair in enumerate(raw):
+        _require(isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(a, str) for a in pair)
+                 and pair[0] != pair[1], f"comparisons[{index}]: expected [arm, reference], two different names")
+        for arm in pair:
+            stage, _, strategy = arm.rpartition("/")
+            _require(strategy in strategies and (not stage or stage in names),
+                     f"comparisons[{index}]: {arm!r} is not an arm of this study (a strategy of finetune.strategies, "
+                     f"optionally as stage/strategy with a stage of: {', '.join(sorted(names))})")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
 def parse_study(content: dict, base: str | Path = ".", data_root: str | None = None,
-                source_file: str | None = None) -> StudySpec:
-    """Validate a study's content; `data_root` (from the command line) binds the target manifest's data."""
+                source_file: str | None = None, trusted: bool = False) -> StudySpec:
+    """Validate a study's content; `data_root` (from the command line) binds the target manifest's data.
+
+    Unless `trusted`, no value that reaches `monai.bundle run` may be config syntax ($, @, %)."""
     from medtransfer.pretraining import OBJECTIVES
     from medtransfer.transfer import STRATEGIES
 
@@ -346,21 +436,29 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     unknown = set(content) - TOP_KEYS
     _require(not unknown, f"unknown study key(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
     _require(bool(content.get("name")), "the study needs a `name`")
+    _check_name(content["name"], "name")
     bundle_root = _resolve_bundle(content, base)
-    train = yaml.safe_load((bundle_root / "configs" / "train.yaml").read_text())
+    train = yaml.safe_load(registry.train_config(bundle_root).read_text())
     spatial_dims = int(train.get("spatial_dims", content.get("spatial_dims", 2)))
     if "spatial_dims" in content:
-        _require(int(content["spatial_dims"]) == spatial_dims,
+        _require(_number(content["spatial_dims"], "spatial_dims", int) == spatial_dims,
                  f"spatial_dims {content['spatial_dims']} does not match bundle {bundle_root.name} ({spatial_dims}D)")
     bundle_keys = set(train)
-    for path in [bundle_root / "configs" / "pretrain.yaml", *(bundle_root / "configs" / "pretrain").glob("*.yaml")]:
+    wiring = bundle_root / registry.PRETRAIN  # shared by every objective overlay
+    overlays = [registry.pretrain_overlay(bundle_root, objective) for objective in registry.pretrain_objectives(bundle_root)]
+    for path in [wiring, *overlays] if wiring.is_file() else overlays:
         bundle_keys |= {k for k in (yaml.safe_load(path.read_text()) or {}) if "#" not in k and not k.startswith("+")}
     settings = _check_settings(content.get("settings"), "settings", bundle_keys)
+    _refuse_config_syntax(settings, "settings", trusted)
 
     manifests: dict[str, ManifestInfo] = {}
     target_name = str(content.get("data_manifest") or train.get("data_manifest"))
     target = _open_manifest_info(target_name, data_root or content.get("data_root"), spatial_dims, base)
     manifests[target_name] = target
+    for split, role in (("validation", "picks each fine-tune's best epoch"), ("test", "gives the Dice a study reports")):
+        _require(bool(target.content[split]),
+                 f"data manifest {target_name!r} ({target.path}): the {split} split is empty, but it {role}; rebuild "
+                 f"the manifest with `medtransfer data manifest --{split}-fraction 0.2` (a value in (0, 1))")
 
     stages = []
     for index, raw in enumerate(content.get("pretraining") or []):
@@ -370,26 +468,27 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         _require(not unknown, f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         objective = raw.get("objective")
         _require(objective in OBJECTIVES, f"{where}: unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
-        _require((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").is_file(),
-                 f"{where}: bundle {bundle_root.name} has no configs/pretrain/{objective}.yaml")
+        _require(objective in registry.pretrain_objectives(bundle_root),
+                 f"{where}: bundle {bundle_root.name} has no {registry.PRETRAIN_DIR}/{objective}.yaml")
         source = str(raw.get("data_manifest") or target_name)
         if source not in manifests:
             root = raw.get("data_root") or (data_root if source == target_name else None)
             manifests[source] = _open_manifest_info(source, root, spatial_dims, base)
-        fraction = float(raw.get("fraction", 1.0))
+        fraction = _number(raw.get("fraction", 1.0), f"{where}.fraction")
         _check_fractions([fraction], manifests[source], where)
         stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
-        objective_config = {**yaml.safe_load((bundle_root / "configs" / "pretrain.yaml").read_text()),
-                            **yaml.safe_load((bundle_root / "configs" / "pretrain" / f"{objective}.yaml").read_text())}
+        _refuse_config_syntax(stage_settings, f"{where}.settings", trusted)
+        objective_config = {**yaml.safe_load(registry.pretrain_wiring(bundle_root).read_text()),
+                            **yaml.safe_load(registry.pretrain_overlay(bundle_root, objective).read_text())}
         resolved = {**train, **objective_config, **settings, **stage_settings}
         max_epochs = int(resolved["max_epochs"])
         stage = {
             "objective": objective,
-            "name": str(raw.get("name") or objective),
+            "name": _check_name(raw.get("name") or objective, f"{where}.name"),
             "data_manifest": source,
             "fraction": fraction,
-            "seed": int(raw.get("seed", 0)),
-            "label_map": raw.get("label_map"),
+            "seed": _number(raw.get("seed", 0), f"{where}.seed", int),
+            "label_map": _check_label_map(raw.get("label_map"), f"{where}.label_map"),
             "settings": stage_settings,
             "max_epochs": max_epochs,  # where pretrained.pt comes from
             "checkpoint_epochs": sorted({int(e) for e in resolved.get("checkpoint_epochs") or [] if int(e) <= max_epochs}
@@ -404,15 +503,16 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     _require(isinstance(finetune, dict), "finetune: must be a mapping")
     unknown = set(finetune) - FINETUNE_KEYS
     _require(not unknown, f"finetune: unknown key(s) {', '.join(sorted(unknown))}")
+    _require(isinstance(finetune.get("strategies") or [], list), "finetune.strategies: must be a list")
     strategies = [str(s) for s in finetune.get("strategies") or []]
     for strategy in strategies:
         _require(strategy in STRATEGIES, f"finetune: unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
-        _require((bundle_root / "configs" / "transfer" / f"{strategy}.yaml").is_file(),
-                 f"finetune: bundle {bundle_root.name} has no configs/transfer/{strategy}.yaml")
+        _require(strategy in registry.transfer_strategies(bundle_root),
+                 f"finetune: bundle {bundle_root.name} has no {registry.TRANSFER_DIR}/{strategy}.yaml")
     _require(len(set(strategies)) == len(strategies), "finetune: a strategy is listed twice")
-    fractions = [float(f) for f in finetune.get("fractions") or []]
+    fractions = _numbers(finetune.get("fractions"), "finetune.fractions")
     _check_fractions(fractions, target, "finetune")
-    seeds = [int(s) for s in finetune.get("seeds") or []]
+    seeds = _numbers(finetune.get("seeds"), "finetune.seeds", int)
     analysis = _check_analysis(content.get("analysis"), stages, strategies, fractions, target)
     needs_source = [s for s in strategies if STRATEGIES[s].load]
     _require(not needs_source or stages,
@@ -432,22 +532,30 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         source_file=source_file,
         manifests=manifests,
         analysis=analysis,
+        trusted=trusted,
+        comparisons=_check_comparisons(content.get("comparisons"), stages, strategies),
     )
-    _require(any(run.kind == "finetune" for run in spec.expand()),
+    runs = spec.expand()
+    _require(any(run.kind == "finetune" for run in runs),
              "the grid produces zero fine-tuning runs: give finetune.strategies, fractions and seeds")
+    for run in runs:  # everything a run passes to `monai.bundle run` (paths, label maps, settings)
+        _refuse_config_syntax(run.args, f"run {run.run_id}", trusted)
     return spec
 
 
-def load_study(path: str | Path, data_root: str | None = None) -> StudySpec:
+def load_study(path: str | Path, data_root: str | None = None, trusted: bool = False) -> StudySpec:
     """Read and validate a study file; every error is a StudyError raised before any training."""
     path = Path(path)
     _require(path.is_file(), f"study file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(path.read_bytes())
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML: {error}") from None
+    except OSError as error:
+        raise StudyError(f"{path}: cannot read the study file ({error.strerror or error})") from None
     try:
-        return parse_study(content, base=path.parent, data_root=data_root, source_file=str(path.resolve()))
+        return parse_study(content, base=path.parent, data_root=data_root, source_file=str(path.resolve()),
+                           trusted=trusted)
     except StudyError as error:
         raise StudyError(f"{path}: {error}") from None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.atomic import save_json
+from medtransfer.folder_lock import LOCK_NAME, FolderLock  # noqa: F401  (re-exported)
 from medtransfer.training.run_folder import RunDirectoryError, read_run_record
 
 logger = logging.getLogger("medtransfer.training")
@@ -76,6 +77,7 @@ class RunDirectory:
         self.resumed = False
         self.notes: dict[str, Any] = {}  # extra run.json fields other handlers contribute (e.g. a transfer report)
         self._prepared = False
+        self._lock: FolderLock | None = None
 
     # File locations -------------------------------------------------------------------------------------
     @property
@@ -103,6 +105,13 @@ class RunDirectory:
         """Create the folder; refuse a finished run (unless overwrite) or a different unfinished one."""
         if self._prepared:
             return self
+        from medtransfer.training.distributed import is_main_process
+
+        if is_main_process():  # one writer per folder: rank 0 of a DDP run, never two runs at once
+            from medtransfer.training.command_line import check_command_line
+
+            check_command_line()  # `--max_epoch 1` is an error, not a 30-epoch run
+            self._lock = FolderLock(self.path, "run folder").acquire()
         record = read_run_record(self.path)
         if record and record.get("status") == "finished":
             if not self.overwrite:
@@ -167,4 +176,7 @@ class RunDirectory:
             }
         )
         save_json(self.record_path, record)
+        if record.get("status") == "finished" and self._lock is not None:
+            self._lock.release()  # the finished run is final; another process may now read or overwrite it
+            self._lock = None
         return record

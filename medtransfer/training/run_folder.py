@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medtransfer.atomic import sha256_of
+from medtransfer.errors import MedtransferError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,7 +26,7 @@ TASK_OF_KIND = {"segmentation": "segmentation", "finetune": "segmentation",
                 "pretraining": "pretraining", "pretrain": "pretraining"}
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(MedtransferError, RuntimeError):
     """The output folder cannot be used as asked (finished run, or a different configuration)."""
 
 
@@ -43,11 +44,18 @@ class WrongTaskError(RunDirectoryError):
 
 
 def read_run_record(folder: str | Path) -> dict | None:
-    """run.json of `folder`, None when there is none (an unreadable file raises)."""
+    """run.json of `folder`, None when there is none; an unreadable one is a RunDirectoryError."""
     path = Path(folder) / RECORD_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise RunDirectoryError(f"{path}: not a readable run record ({type(error).__name__}: {error}); an "
+                                "interrupted write or a damaged file — move it away to start the run afresh") from None
+    if not isinstance(record, dict):
+        raise RunDirectoryError(f"{path}: not a run record (a JSON object), got {type(record).__name__}")
+    return record
 
 
 class RunFolder:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 from pathlib import Path
 
 import torch
 from torch import nn
 
 
-class WeightsError(ValueError):
+class WeightsError(MedtransferError, ValueError):
     """A weights file cannot be loaded into a network; the message names the file and the mismatch."""
 
 

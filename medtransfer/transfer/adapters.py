@@ -23,6 +23,8 @@ Formats:
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -50,7 +52,7 @@ _REFUSED_OBJECT = re.compile(
 _WEIGHTS_ONLY_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", re.S)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MedtransferError, ValueError):
     """A checkpoint cannot be adapted to the target network; the message names the file and the problem."""
 
 

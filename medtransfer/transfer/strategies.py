@@ -16,6 +16,8 @@ from `medtransfer.networks.parts`.
 
 from __future__ import annotations
 
+from medtransfer.errors import MedtransferError
+
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +26,7 @@ from torch import nn
 from medtransfer.networks.parts import parts, state_tensors
 
 
-class TransferError(ValueError):
+class TransferError(MedtransferError, ValueError):
     """A strategy cannot be applied as asked; the message says which strategy, checkpoint and tensors."""
 
 

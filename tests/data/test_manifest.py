@@ -9,7 +9,7 @@ import pytest
 from medtransfer.cli import main as cli
 from medtransfer.data import ManifestError, nested_fractions, open_manifest
 from medtransfer.data.manifest_builder import build_manifest
-from medtransfer.data.open import PACKAGED_MANIFESTS
+from medtransfer import registry
 
 REAL_MANIFESTS = {
     "msd_hippocampus": ("msd_hippocampus", 3, 260),
@@ -21,7 +21,7 @@ REAL_MANIFESTS = {
 def _write_case(folder, name, shape=(8, 8, 8), label_values=(0, 1)):
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(name))
+    rng = np.random.default_rng(sum(map(ord, name)) + 1000 * len(name))  # distinct images: no duplicates
     label = rng.choice(label_values, size=shape).astype(np.uint8)
     nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.eye(4)), folder / "images" / name)
     nib.save(nib.Nifti1Image(label, np.eye(4)), folder / "labels" / name)
@@ -53,8 +53,18 @@ def test_shipped_real_manifests_resolve_to_the_shared_data(name, test_data):
     assert set(manifest.fractions) == {"0.05", "0.1", "0.25", "0.5", "1.0"}
 
 
+@pytest.mark.parametrize("name", sorted(REAL_MANIFESTS))
+def test_a_folder_of_data_sets_serves_every_manifest_named_after_one_of_them(name, test_data, tmp_path):
+    folder = REAL_MANIFESTS[name][0]
+    assert open_manifest(name, data_root=test_data).data_root == (test_data / folder).resolve()
+    assert open_manifest(name, data_root=test_data / folder).data_root == (test_data / folder).resolve()
+    (tmp_path / name).mkdir()  # a same-named but empty subfolder is not taken: the error names the root given
+    with pytest.raises(ManifestError, match=str(tmp_path)):
+        open_manifest(name, data_root=tmp_path).datalist("training")
+
+
 def test_hippocampus_manifest_merges_both_labels():
-    content = json.loads((PACKAGED_MANIFESTS / "msd_hippocampus.json").read_text())
+    content = json.loads(registry.manifest_path("msd_hippocampus").read_text())
     assert content["label_map"] == {"1": 1, "2": 1}
     assert content["training"][0]["label"].startswith("labels_multiclass/")
 
@@ -71,7 +81,7 @@ def test_wrong_dimensions_for_the_bundle_is_an_error(test_data):
         open_manifest("hc18_fetal_head", data_root=test_data / "hc18_fetal_head", dimensions=3)
 
 
-def test_missing_manifest_file_and_missing_data_file_are_errors(tmp_path):
+def test_missing_manifest_file_and_missing_data_file_are_errors(tmp_path, medtransfer_home):
     with pytest.raises(ManifestError, match="manifest not found"):
         open_manifest(tmp_path / "nope.json")
     with pytest.raises(ManifestError, match="no manifest named"):
@@ -126,7 +136,7 @@ def test_synthetic_manifest_generates_its_data_on_first_use(medtransfer_home):
     assert len(manifest.datalist("training", 0.1)) == 3
 
 
-def test_cli_builds_a_manifest_for_a_folder_and_checks_it(tmp_path, capsys):
+def test_cli_builds_a_manifest_for_a_folder_and_checks_it(tmp_path, capsys, medtransfer_home):
     data = tmp_path / "mydata"
     for i in range(10):
         _write_case(data, f"case{i}.nii.gz")
@@ -140,7 +150,7 @@ def test_cli_builds_a_manifest_for_a_folder_and_checks_it(tmp_path, capsys):
     assert "10 of 10 cases OK" in capsys.readouterr().out
 
 
-def test_cli_check_reports_a_non_binary_label_by_file(tmp_path, capsys):
+def test_cli_check_reports_a_non_binary_label_by_file(tmp_path, capsys, medtransfer_home):
     data = tmp_path / "mydata"
     for i in range(5):
         _write_case(data, f"case{i}.nii.gz", label_values=(0, 1, 2) if i == 3 else (0, 1))
@@ -152,7 +162,7 @@ def test_cli_check_reports_a_non_binary_label_by_file(tmp_path, capsys):
     assert "4 of 5 cases OK" in out
 
 
-def test_nnunet_raw_folder(tmp_path):
+def test_nnunet_raw_folder(tmp_path, medtransfer_home):
     raw = tmp_path / "Dataset001_Test"
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()

@@ -5,6 +5,7 @@ The run is made with medtransfer's own RunDirectory and a freshly initialised ti
 tests are about loading, geometry and safety, not accuracy); its run.json has the fields RunRecord writes.
 """
 
+import importlib.util
 import json
 import shutil
 import zipfile
@@ -13,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 import torch
-import yaml
 from monai.networks.nets import DynUNet
 
 from medtransfer.atomic import save_json, save_torch, sha256_of
@@ -35,19 +35,25 @@ TINY_PATCH = [32, 32, 32]
 COARSE_SPACING = [3.0, 3.0, 3.0]  # keeps 512x512 CT series small for the network in tests
 
 
+TINY_PATCH_2D = [64, 64]
+
+
 def make_run(
     folder: Path, test_data: Path, strategy: str = "encoder", status: str = "finished",
     source_checkpoint: str = "/somewhere/pretrain/contrastive_epoch10.pt", task: str = "segmentation",
+    spatial_dims: int = 3,
 ) -> Path:
-    """A finished 3D run on msd_hippocampus, shaped like train.yaml + RunRecord leave it."""
+    """A finished run shaped like train.yaml + RunRecord leave it: 3D on msd_hippocampus, 2D on hc18_fetal_head."""
     folder.mkdir(parents=True, exist_ok=True)
-    network = build_dynunet(3, filters=TINY_FILTERS, init_seed=0)
+    network = build_dynunet(spatial_dims, filters=TINY_FILTERS, init_seed=0)
     save_torch(folder / "model.pt", {k: v.detach().clone() for k, v in network.state_dict().items()})
+    manifest = "msd_hippocampus" if spatial_dims == 3 else "hc18_fetal_head"
     run_params = {
-        "bundle": "binary_seg_3d", "task": task, "data_manifest": "msd_hippocampus",
-        "data_root": str(test_data / "msd_hippocampus"), "fraction": 0.1, "seed": 3, "max_epochs": 2,
+        "bundle": f"binary_seg_{spatial_dims}d", "task": task, "data_manifest": manifest,
+        "data_root": str(test_data / manifest), "fraction": 0.1, "seed": 3, "max_epochs": 2,
         "iterations_per_epoch": 2, "batch_size": 1, "num_samples": 1, "learning_rate": 0.003,
-        "patch_size": TINY_PATCH, "filters": TINY_FILTERS, "spatial_dims": 3, "strategy": strategy,
+        "patch_size": TINY_PATCH if spatial_dims == 3 else TINY_PATCH_2D, "filters": TINY_FILTERS,
+        "spatial_dims": spatial_dims, "strategy": strategy,
         "source_checkpoint": source_checkpoint if strategy != "scratch" else None,
         "unfreeze_epoch": None, "transferred_lr_scale": 1.0,
     }
@@ -55,7 +61,7 @@ def make_run(
     run.write_record({
         "status": status,
         "finished_at": "2026-01-01T00:00:00",
-        "data": {"manifest": "msd_hippocampus", "fraction": 0.1, "n_training": 19, "n_validation": 26, "n_test": 52},
+        "data": {"manifest": manifest, "fraction": 0.1, "n_training": 19, "n_validation": 26, "n_test": 52},
         "metrics": {"mean_dice": 0.71, "mean_hd95": 3.5, "mean_surface_dice": 0.8, "n_test_cases": 52},
         "best_epoch": 2, "best_val_dice": 0.7, "epochs": 2, "iterations": 4,
         "model_sha256": sha256_of(folder / "model.pt"),
@@ -91,10 +97,23 @@ def copy_bundle(bundle: Path, target: Path) -> Path:
 
 
 def edit_config(bundle: Path, change) -> None:
-    path = bundle / "configs" / "inference.yaml"
-    config = yaml.safe_load(path.read_text())
+    path = bundle / "configs" / "inference.json"
+    config = json.loads(path.read_text())
     change(config)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.write_text(json.dumps(config))
+
+
+def _via_reference(config, marker):
+    config["network_def"]["filters"] = "@filters"
+    config["filters"] = _expression(marker)
+
+
+def _insert_step(config, marker):
+    config["preprocessing"]["transforms"].insert(3, {"_target_": "scripts.transforms.Spy", "keys": ["image"]})
+
+
+def _change_percentile(config, marker):
+    config["preprocessing"]["transforms"][-2]["upper"] = 99.0
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +146,11 @@ def _expression(marker):
     "case, change, shown",
     [
         ("expression argument", lambda c, m: c["network_def"].update(spatial_dims=_expression(m)), "network_def::spatial_dims"),
-        ("expression via reference", lambda c, m: c.update(filters=_expression(m)), "network_def::filters -> filters"),
+        ("expression via reference", _via_reference, "network_def::filters -> filters"),
+        ("extra preprocessing step", _insert_step, "preprocessing::transforms[3] = {'_target_': 'scripts.transforms.Spy'"),
+        ("other normalisation", _change_percentile, "preprocessing::transforms[5]"),
+        ("other post-processing chain", lambda c, m: c["postprocessing"]["transforms"].pop(0),
+         "postprocessing: a Compose other than medtransfer's standard chain"),
         ("custom network code", lambda c, m: c["network_def"].update(_target_="scripts.net.MyUNet"), "scripts.net.MyUNet"),
         ("custom preprocessing", lambda c, m: c.update(preprocessing={"_target_": "scripts.transforms.chain"}),
          "preprocessing::_target_ = 'scripts.transforms.chain'"),
@@ -181,7 +204,14 @@ def test_changed_weights_are_refused_by_checksum(bundle, tmp_path):
         with pytest.raises(BundleError, match=r"model\.pt: sha256 .* does not match .* refusing to use it"):
             load_bundle(copy, trusted=trusted)
     with pytest.raises(BundleError, match="does not match"):
-        check_bundle_weights(copy, copy / "models" / "model.pt")  # what the exported inference config runs first
+        check_bundle_weights(copy, copy / "models" / "model.pt")  # what earlier exported configs run first
+    spec = importlib.util.spec_from_file_location("bundle_integrity_copy", copy / "scripts" / "integrity.py")
+    integrity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(integrity)  # the bundle's own copy, what configs/inference.json runs first
+    with pytest.raises(ValueError, match=r"model\.pt: sha256 .* does not match"):
+        integrity.check_weights(str(copy), str(copy / "models" / "model.pt"))
+    assert integrity.check_weights(str(bundle), str(bundle / "models" / "model.pt")) == sha256_of(
+        bundle / "models" / "model.pt")
     assert "does not match" in verify_bundle(copy)["checks"]["weights_sha256"]
 
 

@@ -1,18 +1,19 @@
 """`medtransfer export`: a self-contained, verified bundle that runs from a folder outside the repository."""
 
 import argparse
+import ast
 import json
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from medtransfer.atomic import sha256_of
 from medtransfer.inference.bundle_verify import verify_bundle
@@ -47,32 +48,50 @@ def exported(tmp_path_factory, test_data):
 
 def test_export_writes_a_self_contained_verified_bundle(exported):
     run, bundle = exported
-    for name in ("LICENSE", "configs/inference.yaml", "configs/metadata.json", "models/model.pt", "models/model.ts",
-                 "docs/README.md", "docs/data_license.txt"):
+    for name in ("LICENSE", "configs/inference.json", "configs/metadata.json", "models/model.pt", "models/model.ts",
+                 "docs/README.md", "docs/data_license.txt", "scripts/__init__.py", "scripts/scan_loader.py",
+                 "scripts/readers.py", "scripts/dicom.py", "scripts/checks.py", "scripts/inputs.py",
+                 "scripts/integrity.py"):
         assert (bundle / name).is_file(), name
+    assert not (bundle / "configs" / "inference.yaml").exists()  # one inference config: the Zoo's JSON
     report = verify_bundle(bundle)
     assert report["ok"], report
     assert set(report["checks"]) == {"files", "verify_metadata", "verify_net_in_out", "safe_config", "weights_sha256",
                                      "weights_only", "torchscript"}
 
-    text = (bundle / "configs" / "inference.yaml").read_text()
-    for forbidden in (str(REPO_ROOT), "bundles/", "data_manifests", str(run), "/tmp", "/root"):
+    text = (bundle / "configs" / "inference.json").read_text()
+    for forbidden in (str(REPO_ROOT), "bundles/", "data_manifests", str(run), "/tmp", "/root", "medtransfer"):
         assert forbidden not in text
-    config = yaml.safe_load(text)
-    assert (config["spatial_dims"], config["target_spacing"], config["patch_size"], config["filters"]) == (
-        3, COARSE_SPACING, TINY_PATCH, TINY_FILTERS)
+    config = json.loads(text)
+    targets = _targets(config)
+    assert targets and all(t.startswith(("monai.", "scripts.")) for t in targets), targets
+    network = config["network_def"]
+    assert (network["_target_"], network["spatial_dims"], network["filters"]) == (
+        "monai.networks.nets.DynUNet", 3, TINY_FILTERS)
+    assert config["inferer"]["roi_size"] == TINY_PATCH
+    spacing = [t for t in config["preprocessing"]["transforms"] if t["_target_"] == "monai.transforms.Spacingd"]
+    assert spacing[0]["pixdim"] == COARSE_SPACING
+    assert {"_target_": "monai.handlers.CheckpointLoader", "load_path": "@checkpoint",
+            "load_dict": {"model": "@network"}, "map_location": "@device"} == config["checkpointloader"]
+    for script in (bundle / "scripts").glob("*.py"):  # the bundle's code runs without medtransfer
+        imported = [a.name for n in ast.walk(ast.parse(script.read_text())) if isinstance(n, ast.Import)
+                    for a in n.names]
+        imported += [n.module or "" for n in ast.walk(ast.parse(script.read_text())) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m.split(".")[0] == "medtransfer"], script
 
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["files_sha256"]["models/model.pt"] == sha256_of(bundle / "models" / "model.pt") == sha256_of(
         run / "model.pt")
     assert meta["files_sha256"]["models/model.ts"] == sha256_of(bundle / "models" / "model.ts")
-    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ["4*n"] * 3
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ["8*n"] * 3  # 2x the total stride
     assert meta["network_data_format"]["inputs"]["image"]["modality"] == "MR"
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "hippocampus"}
     assert meta["preprocessing"]["target_spacing"] == COARSE_SPACING
     assert meta["preprocessing"]["intensity_normalisation"]["upper_percentile"] == 99.5
     assert (meta["monai_version"], meta["pytorch_version"]) == ("1.6.1", torch.__version__.split("+")[0])
-    assert meta["required_packages_version"]["medtransfer"] == "0.1.0"
+    assert "medtransfer" not in meta["required_packages_version"]  # plain MONAI runs it
+    assert {"nibabel", "pydicom", "SimpleITK", "pytorch-ignite"} <= set(meta["required_packages_version"])
+    assert None not in meta["network_data_format"]["outputs"]["pred"]["value_range"]
     assert meta["training_data"]["license"] == "CC BY-SA 4.0" and meta["training_data"]["citation"]
     provenance = meta["provenance"]
     assert provenance["strategy"] == "encoder" and provenance["pretraining_objective"] == "contrastive"
@@ -85,12 +104,31 @@ def test_export_writes_a_self_contained_verified_bundle(exported):
 
     card = (bundle / "docs" / "README.md").read_text()
     for section in ("## Intended use", "## Data it was trained on", "## Performance", "## Limitations",
-                    "## What this bundle can execute", "CC BY-SA 4.0", "0.710", "contrastive", "Research use only"):
+                    "## What this bundle can execute", "CC BY-SA 4.0", "0.710", "contrastive", "Research use only",
+                    "pip install medtransfer-0.1.0-py3-none-any.whl", "not on PyPI", '"monai==1.6.1"',
+                    "--config_file THIS_FOLDER/configs/inference.json"):
         assert section in card
+    assert "pip install medtransfer " not in card  # medtransfer is not on the package index
+
+    # model.ts carries its configs like `monai.bundle ckpt_export` writes them (MONAI Deploy reads them there)
+    with zipfile.ZipFile(bundle / "models" / "model.ts") as archive:
+        extras = {Path(n).name: archive.read(n) for n in archive.namelist() if "/extra/" in n}
+    assert json.loads(extras["inference.json"]) == config
+    embedded = json.loads(extras["metadata.json"])
+    assert embedded["files_sha256"]["models/model.pt"] == sha256_of(bundle / "models" / "model.pt")
+    assert embedded["network_data_format"] == meta["network_data_format"]
 
     with zipfile.ZipFile(bundle.with_name("hippo_bundle.zip")) as zipped:
         names = zipped.namelist()
     assert "hippo_bundle/configs/metadata.json" in names and all(n.startswith("hippo_bundle/") for n in names)
+
+
+def _targets(item) -> list[str]:
+    if isinstance(item, dict):
+        return ([item["_target_"]] if "_target_" in item else []) + [t for v in item.values() for t in _targets(v)]
+    if isinstance(item, list):
+        return [t for v in item for t in _targets(v)]
+    return []
 
 
 def test_torchscript_that_differs_from_the_weights_fails_verification(exported, tmp_path):
@@ -138,29 +176,100 @@ def test_onnx_export_gives_the_same_mask(exported, test_data, tmp_path):
     assert verify_bundle(bundle)["checks"]["onnx"] == "passed"
 
 
-def test_exported_bundle_runs_with_monai_in_a_fresh_process_outside_the_repo(exported, test_data, tmp_path):
-    _, bundle = exported
-    work = tmp_path / "collaborator"
-    shutil.copytree(bundle, work / "hippo_bundle")
-    scans = work / "scans"
-    shutil.copytree(test_data / MR / "dicom", scans)  # three DICOM series, one folder each
-    shutil.copy(test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz", scans)
+_BLOCKER = """import sys
+
+
+class _BlockMedtransfer:
+    def find_spec(self, name, path=None, target=None):
+        if name == "medtransfer" or name.startswith("medtransfer."):
+            raise ImportError(f"medtransfer is not importable in this test ({name})")
+        return None
+
+
+sys.meta_path.insert(0, _BlockMedtransfer())
+"""
+ZOO_CI = "model_zoo_ci"
+
+
+def _without_medtransfer(folder: Path) -> dict:
+    """An environment whose Python cannot import medtransfer (checked), whatever is installed."""
+    blocker = folder / "block_medtransfer"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(_BLOCKER)
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["PYTHONPATH"] = str(blocker)
+    probe = subprocess.run([sys.executable, "-c", "import medtransfer"], cwd=folder, env=environment,
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode != 0 and "medtransfer is not importable" in probe.stderr
+    return environment
+
+
+@pytest.fixture(scope="module")
+def exported_2d(tmp_path_factory, test_data):
+    folder = tmp_path_factory.mktemp("export2d")
+    run = make_run(folder / "run", test_data, strategy="scratch", spatial_dims=2)
+    return export_bundle(run, folder / "hc18_bundle", torchscript=True)
+
+
+def _scans(spatial_dims: int, test_data: Path, folder: Path) -> Path:
+    scans = folder / "scans"
+    if spatial_dims == 3:
+        shutil.copytree(test_data / MR / "dicom" / "HippoCrop_artificial", scans / "HippoCrop_artificial")  # a series
+        shutil.copy(test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz", scans)
+    else:
+        scans.mkdir()
+        for name in ("008_HC.png", "016_HC.png"):
+            shutil.copy(test_data / "hc18_fetal_head" / "images" / name, scans)
+    return scans
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_exported_bundle_runs_with_plain_monai_and_gives_segment_s_mask(spatial_dims, exported, exported_2d,
+                                                                         test_data, tmp_path):
+    """`python -m monai.bundle run` where medtransfer cannot be imported == `medtransfer segment`, voxel for voxel."""
+    from medtransfer.inference.segment import segment
+
+    bundle = exported[1] if spatial_dims == 3 else exported_2d
+    work = tmp_path / "collaborator"
+    shutil.copytree(bundle, work / "bundle")
+    scans = _scans(spatial_dims, test_data, work)
     completed = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "hippo_bundle/configs/inference.yaml",
-         "--bundle_root", "hippo_bundle", "--input_dir", "scans", "--output_dir", "masks"],
-        cwd=work, env=environment, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
+         "--meta_file", "bundle/configs/metadata.json", "--bundle_root", "bundle", "--input_dir", "scans",
+         "--output_dir", "masks"],
+        cwd=work, env=_without_medtransfer(work), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    references = {
-        "hippocampus_001": test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz",
-        **{name: test_data / MR / "images" / f"{name}.nii.gz"
-           for name in ("HippoCrop_artificial", "PGBM-003_FLAIRreg", "PGBM-003_T1post")},
-    }
-    assert sorted(p.name for p in (work / "masks").iterdir()) == sorted(f"{n}_seg.nii.gz" for n in references)
-    for name, reference in references.items():
-        mask, original = nib.load(work / "masks" / f"{name}_seg.nii.gz"), nib.load(reference)
-        assert mask.shape == original.shape and np.allclose(mask.affine, original.affine, atol=1e-4)
+    segment(bundle, scans, tmp_path / "segmented", progress=False)
+    names = sorted(p.name for p in (work / "masks").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "segmented").glob("*_seg.nii.gz"))
+    assert len(names) == 2
+    foreground = 0
+    for name in names:
+        plain, ours = nib.load(work / "masks" / name), nib.load(tmp_path / "segmented" / name)
+        assert plain.get_data_dtype() == ours.get_data_dtype() == np.uint8
+        assert np.array_equal(np.asarray(plain.dataobj), np.asarray(ours.dataobj)), name
+        assert np.allclose(plain.affine, ours.affine, atol=1e-5)
+        foreground += int(np.asarray(ours.dataobj).sum())
+    assert foreground > 0  # the untrained network marks something, so equal masks are not two empty ones
+
+
+def _zoo_checks(bundles: list[Path], test_data: Path, folder: Path, environment: dict) -> dict[str, list[str]]:
+    """The Model Zoo's ci/verify_bundle.py (unchanged) through its runner, one bundle after the other."""
+    runner = test_data.parent / "reference" / ZOO_CI / "run_zoo_checks.py"
+    schema = test_data.parent / "reference" / "monai_meta_schema_20240725.json"
+    results = {}
+    for bundle in bundles:
+        completed = subprocess.run([sys.executable, str(runner), str(bundle), str(schema)], cwd=folder,
+                                   env=environment, capture_output=True, text=True, timeout=300)
+        results[bundle.name] = [line for line in completed.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    return results
+
+
+def test_exported_bundles_pass_the_model_zoo_ci_without_medtransfer(exported, exported_2d, test_data, tmp_path):
+    results = _zoo_checks([exported[1], exported_2d], test_data, tmp_path, _without_medtransfer(tmp_path))
+    for name, lines in results.items():
+        assert len(lines) == 5 and all(line.startswith("PASS") for line in lines), (name, lines)
 
 
 def _cli(argv):

@@ -1,0 +1,223 @@
+"""The inference config of an exported bundle that runs with plain MONAI, and the code it ships in ``scripts/``.
+
+``configs/inference.json`` (the Model Zoo convention) names MONAI classes only, with literal arguments:
+``monai.networks.nets.DynUNet`` / ``FlexibleUNet``, MONAI's standard transforms, ``SlidingWindowInferer``,
+``SupervisedEvaluator`` and ``CheckpointLoader`` (``torch.load(weights_only=True)``). What MONAI lacks ships as
+code in the bundle's own ``scripts/`` package, which ``monai.bundle run`` puts on ``sys.path``: the checking
+DICOM series reader (``scripts.scan_loader.LoadScand``), the per-case image check (``scripts.checks``), the
+input listing (``scripts.inputs``) and the weights checksum check (``scripts.integrity``). These are copies of
+medtransfer's own modules, written at export, so a bundle and medtransfer read scans the same way.
+
+medtransfer's safe loader reads such a config as data: it recognises the preprocessing and postprocessing
+below by comparing them with :func:`preprocessing_def` / :func:`postprocessing_def` (nothing is evaluated)
+and then uses its own identical chain.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import torch
+from monai.networks.blocks.dynunet_block import UnetResBlock
+from monai.networks.nets import DynUNet, FlexibleUNet
+
+import medtransfer
+
+COMPOSE = "monai.transforms.Compose"
+DYNUNET = "monai.networks.nets.DynUNet"
+FLEXIBLE_UNET = "monai.networks.nets.FlexibleUNet"
+INTENSITY_PERCENTILES = {"lower": 0.5, "upper": 99.5, "b_min": 0.0, "b_max": 1.0, "clip": True}
+REQUIRED_PACKAGES = ("monai", "torch", "pytorch-ignite", "nibabel", "pillow", "pydicom", "SimpleITK")
+
+# bundle file -> (medtransfer module copied into it, {import line in medtransfer: line in the bundle})
+SCRIPTS: dict[str, tuple[str, dict[str, str]]] = {
+    "scripts/dicom.py": ("medtransfer.data.dicom", {}),
+    "scripts/readers.py": ("medtransfer.data.readers", {
+        "from medtransfer.data.dicom import read_series": "from .dicom import read_series"}),
+    "scripts/scan_loader.py": ("medtransfer.inference.scan_loader", {
+        "from medtransfer.data.readers import DicomSeriesReader": "from .readers import DicomSeriesReader"}),
+    "scripts/checks.py": ("medtransfer.data.checks", {
+        "from medtransfer.data.manifest import ManifestError":
+            "ManifestError = ValueError  # medtransfer.data.ManifestError is a ValueError"}),
+    "scripts/inputs.py": ("medtransfer.inference.inputs", {}),
+    "scripts/integrity.py": ("medtransfer.inference.bundle_integrity", {}),
+}
+SCRIPTS_INIT = '"""Code this bundle\'s configs/inference.json uses beyond MONAI (copied from medtransfer at export)."""\n'
+
+
+class StandaloneError(ValueError):
+    """The exported bundle would not run without medtransfer (a network or a script it cannot express)."""
+
+
+def _plain(value):
+    """Tuples to lists, recursively: what the config holds after a JSON round trip."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def network_def(network: torch.nn.Module, config: dict) -> dict:
+    """The run's network as a MONAI class with literal arguments (read off the built DynUNet itself)."""
+    if isinstance(network, DynUNet):
+        return {
+            "_target_": DYNUNET,
+            "spatial_dims": int(network.spatial_dims),
+            "in_channels": int(network.in_channels),
+            "out_channels": int(network.out_channels),
+            "kernel_size": _plain(network.kernel_size),
+            "strides": _plain(network.strides),
+            "upsample_kernel_size": _plain(network.upsample_kernel_size),
+            "filters": _plain(network.filters),
+            "dropout": _plain(network.dropout),
+            "norm_name": _plain(network.norm_name),
+            "act_name": _plain(network.act_name),
+            "deep_supervision": bool(network.deep_supervision),
+            "deep_supr_num": int(network.deep_supr_num),
+            "res_block": network.conv_block is UnetResBlock,
+            "trans_bias": bool(network.trans_bias),
+        }
+    if isinstance(network, FlexibleUNet):  # built by medtransfer.networks.build_resnet_unet
+        arguments = {
+            "_target_": FLEXIBLE_UNET,
+            "in_channels": 1,
+            "out_channels": 2,
+            "backbone": str(config["backbone"]),
+            "pretrained": False,
+            "spatial_dims": int(config["spatial_dims"]),
+            "is_pad": True,
+        }
+        if config.get("decoder_channels"):
+            arguments["decoder_channels"] = [int(c) for c in config["decoder_channels"]]
+        return arguments
+    raise StandaloneError(f"no MONAI class with literal arguments describes a {type(network).__name__}")
+
+
+def preprocessing_def(spatial_dims: int, target_spacing) -> dict:
+    """medtransfer's inference chain (``eval_transforms(..., with_label=False)``) as MONAI transforms."""
+    keys = ["image"]
+    chain = [
+        {"_target_": "scripts.scan_loader.LoadScand", "keys": keys, "image_only": True},
+        {"_target_": "monai.transforms.EnsureChannelFirstd", "keys": keys},
+        {"_target_": "scripts.checks.ValidateCased", "keys": keys, "dimensions": int(spatial_dims), "label_map": None},
+    ]
+    if int(spatial_dims) == 3:
+        chain.append({"_target_": "monai.transforms.Orientationd", "keys": keys, "axcodes": "RAS"})
+    if target_spacing:
+        chain.append({"_target_": "monai.transforms.Spacingd", "keys": keys,
+                      "pixdim": [float(s) for s in target_spacing], "mode": ["bilinear"]})
+    chain += [
+        {"_target_": "monai.transforms.ScaleIntensityRangePercentilesd", "keys": "image", **INTENSITY_PERCENTILES},
+        {"_target_": "monai.transforms.EnsureTyped", "keys": "image", "dtype": "float32"},
+    ]
+    return {"_target_": COMPOSE, "transforms": chain}
+
+
+def postprocessing_def() -> dict:
+    """argmax, back to the input's geometry (nearest), saved as uint8 ``<name>_seg<ext>``."""
+    return {
+        "_target_": COMPOSE,
+        "transforms": [
+            {"_target_": "monai.transforms.AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "monai.transforms.Invertd", "keys": "pred", "transform": "@preprocessing",
+             "orig_keys": "image", "nearest_interp": True, "to_tensor": True},
+            {"_target_": "monai.transforms.SaveImaged", "keys": "pred", "output_dir": "@output_dir",
+             "output_postfix": "seg", "output_ext": "@output_ext", "output_dtype": "uint8",
+             "separate_folder": False, "resample": False, "print_log": False},
+        ],
+    }
+
+
+def spacing_in(preprocessing) -> list | None:
+    """The target spacing a preprocessing config states (its Spacingd ``pixdim``), read as data."""
+    transforms = preprocessing.get("transforms") if isinstance(preprocessing, dict) else None
+    for item in transforms if isinstance(transforms, list) else []:
+        if isinstance(item, dict) and item.get("_target_") == "monai.transforms.Spacingd":
+            return item.get("pixdim")
+    return None
+
+
+def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi_size, sw_batch_size: int = 4,
+                     overlap: float = 0.25) -> dict:
+    """The whole configs/inference.json: MONAI wiring, the run's settings as literal arguments."""
+    dims = int(config["spatial_dims"])
+    return {
+        "bundle_root": ".",
+        "dataset_dir": "$@bundle_root + '/sample_data'",
+        "input_dir": "@dataset_dir",
+        "output_dir": "$@bundle_root + '/eval'",
+        "output_ext": ".nii.gz",
+        "checkpoint": "$@bundle_root + '/models/model.pt'",
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": network_def(network, config),
+        "network": "$@network_def.to(@device)",
+        "preprocessing": preprocessing_def(dims, target_spacing),
+        "dataset": {
+            "_target_": "monai.data.Dataset",
+            "data": {"_target_": "scripts.inputs.list_inputs", "input_dir": "@input_dir"},
+            "transform": "@preprocessing",
+        },
+        "dataloader": {"_target_": "monai.data.DataLoader", "dataset": "@dataset", "batch_size": 1,
+                       "shuffle": False, "num_workers": 0},
+        "inferer": {"_target_": "monai.inferers.SlidingWindowInferer", "roi_size": [int(s) for s in roi_size],
+                    "sw_batch_size": int(sw_batch_size), "overlap": float(overlap)},
+        "postprocessing": postprocessing_def(),
+        "handlers": [{"_target_": "monai.handlers.StatsHandler", "iteration_log": False}],
+        "evaluator": {
+            "_target_": "monai.engines.SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
+        "checkpointloader": {"_target_": "monai.handlers.CheckpointLoader", "load_path": "@checkpoint",
+                             "load_dict": {"model": "@network"}, "map_location": "@device"},
+        "imports": ["$import sys"],
+        "initialize": [
+            # monai.bundle run adds the bundle to sys.path only in run(); scripts/ is needed from here on
+            "$sys.path.insert(1, @bundle_root) if @bundle_root not in sys.path else None",
+            "$monai.utils.set_determinism(seed=0)",
+            {"_target_": "scripts.integrity.check_weights", "bundle_root": "@bundle_root",
+             "checkpoint": "@checkpoint"},
+            "$@checkpointloader(@evaluator)",
+        ],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+# --- scripts/ -----------------------------------------------------------------------------------------------
+
+
+def _bundle_source(module: str, rewrites: dict[str, str]) -> str:
+    origin = importlib.util.find_spec(module).origin
+    text = Path(origin).read_text()
+    for line, replacement in rewrites.items():
+        if text.count(line) != 1:
+            raise StandaloneError(f"{origin}: expected the line {line!r} once, to rewrite it for the bundle")
+        text = text.replace(line, replacement)
+    for node in ast.walk(ast.parse(text)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        bad = [n for n in names if n == "medtransfer" or n.startswith("medtransfer.")]
+        if bad:
+            raise StandaloneError(f"{origin} imports {bad[0]}: add a rewrite to standalone.SCRIPTS for the bundle")
+    relative = module.replace(".", "/") + ".py"
+    return f"# Copied from medtransfer {medtransfer.__version__} ({relative}) by `medtransfer export`.\n{text}"
+
+
+def write_scripts(bundle: Path) -> list[str]:
+    """Write scripts/ into ``bundle``; return the written paths (relative)."""
+    folder = bundle / "scripts"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "__init__.py").write_text(SCRIPTS_INIT)
+    written = ["scripts/__init__.py"]
+    for relative, (module, rewrites) in SCRIPTS.items():
+        (bundle / relative).write_text(_bundle_source(module, rewrites))
+        written.append(relative)
+    return written

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.handlers import ValidationHandler
 
 from medtransfer.atomic import save_torch
 from medtransfer.training.distributed import is_main_process
@@ -108,3 +109,58 @@ class BestModelSaver:
 def _plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     module = network.module if hasattr(network, "module") else network
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class EarlyStopping:
+    """Stops training after `patience` validations without a better validation metric (None: never stops).
+
+    It reads the best-model saver's history, which is part of the resumable checkpoint, so a resumed run
+    continues the same count. `ValidationWithEarlyStopping` calls it right after each validation; `max_epochs`
+    stays the budget every arm shares. Every DDP rank sees the same (gathered) metric, so all ranks stop together.
+    """
+
+    def __init__(self, best_model: BestModelSaver, patience: int | None = None) -> None:
+        if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
+            raise ValueError(f"early_stop_patience must be a positive integer or null (off), got {patience!r}")
+        self.best_model = best_model
+        self.patience = None if patience is None else int(patience)
+        self.stopped_epoch: int | None = None
+
+    def validations_without_improvement(self) -> int:
+        return sum(1 for epoch, _ in self.best_model.history if epoch > self.best_model.best_epoch)
+
+    def __call__(self, trainer: Engine) -> None:
+        if self.patience is None or not self.best_model.history:
+            return
+        if self.validations_without_improvement() >= self.patience:
+            self.stopped_epoch = int(trainer.state.epoch)
+            logger.info(
+                "early stopping at epoch %d: no better %s in %d validations (best %.4f at epoch %d)",
+                self.stopped_epoch, self.best_model.metric_name, self.patience, self.best_model.best_value,
+                self.best_model.best_epoch,
+            )
+            if is_main_process():
+                best = self.best_model.best_epoch
+                print(f"medtransfer: early stop at epoch {self.stopped_epoch} (best epoch {best})", flush=True)
+            trainer.terminate()
+
+    def record(self) -> dict:
+        return {"patience": self.patience, "stopped_early": self.stopped_epoch is not None,
+                "stopped_epoch": self.stopped_epoch}
+
+
+class ValidationWithEarlyStopping(ValidationHandler):
+    """MONAI's ValidationHandler, then the early-stopping decision on the validation that just ran.
+
+    One handler for both, so the decision always follows its validation, on every rank of a DDP run.
+    """
+
+    def __init__(self, interval: int, validator=None, epoch_level: bool = True, exec_at_start: bool = False,
+                 early_stop: EarlyStopping | None = None) -> None:
+        super().__init__(interval=interval, validator=validator, epoch_level=epoch_level, exec_at_start=exec_at_start)
+        self.early_stop = early_stop
+
+    def __call__(self, engine: Engine) -> None:
+        super().__call__(engine)
+        if self.early_stop is not None:
+            self.early_stop(engine)

@@ -111,16 +111,22 @@ class SegmentationModel:
     label_name: str = "foreground"
     metadata: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: Any = None  # a medtransfer.training.PrecisionChoice (autocast per window); None: fp32
 
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """Logits for a (1, C, *spatial) image, by sliding windows (bounded memory for any volume size)."""
         image = image.to(self.device)
-        with torch.no_grad():
-            if self.inferer is not None:
-                return self.inferer(image, self.network)
-            return sliding_window_inference(
-                image, self.roi_size, self.sw_batch_size, self.network, overlap=self.overlap, mode=self.mode
+        inferer = self.inferer or (
+            lambda inputs, network: sliding_window_inference(
+                inputs, self.roi_size, self.sw_batch_size, network, overlap=self.overlap, mode=self.mode
             )
+        )
+        if self.precision is not None:
+            from medtransfer.training.precision import PrecisionInferer
+
+            inferer = PrecisionInferer(inferer, self.precision)
+        with torch.no_grad():
+            return inferer(image, self.network)
 
 
 # --- reading a bundle as data ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 def _segment(args: argparse.Namespace) -> int:
     from medtransfer.inference.bundle_loading import BundleError
     from medtransfer.inference.segment import SUMMARY_NAME, SegmentError, segment
+    from medtransfer.training.precision import PrecisionError
 
     try:
         results = segment(
@@ -21,8 +22,9 @@ def _segment(args: argparse.Namespace) -> int:
             allow_uneven=args.allow_uneven,
             device=args.device,
             progress=not args.no_progress,
+            precision=args.precision,
         )
-    except (BundleError, SegmentError) as error:
+    except (BundleError, SegmentError, PrecisionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     width = max([len(r.scan) for r in results] + [4])
@@ -88,6 +90,8 @@ def register(subparsers) -> None:
                      help="segment DICOM series with uneven spacing or missing slices (warn instead of refusing)")
     seg.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="auto: bf16 autocast on CPUs with native bf16, CUDA AMP on GPUs, fp32 elsewhere")
     seg.set_defaults(handler=_segment)
 
     export = subparsers.add_parser(

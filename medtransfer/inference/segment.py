@@ -432,6 +432,7 @@ def segment(
     allow_uneven: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    precision: str | None = "auto",
 ) -> list[ScanResult]:
     """Segment every scan in ``inputs`` with a bundle / run folder (or a loaded SegmentationModel).
 
@@ -439,7 +440,8 @@ def segment(
     ``summary.csv`` into ``output``. ``series_uid`` picks one series of a folder holding several (``"all"``: each).
     Raises BundleError / UntrustedBundleError for a model that cannot be used safely, SegmentError if outputs
     exist and ``overwrite`` is false (checked before anything is computed). A scan that fails gets status
-    "failed" and its error; the others go on.
+    "failed" and its error; the others go on. ``precision`` follows the training rule (auto: bf16 autocast on CPUs
+    with native bf16, CUDA AMP on GPUs, fp32 elsewhere; medtransfer.training.precision); None keeps the model's.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -450,6 +452,10 @@ def segment(
         if isinstance(model_or_bundle, SegmentationModel)
         else load_model(model_or_bundle, trusted=trusted, device=device)
     )
+    if precision is not None:
+        from medtransfer.training.precision import resolve_precision
+
+        model.precision = resolve_precision(precision, model.device, announce=progress)
     scans = find_scans(inputs, series_uid, exclude=output)
     planned = [path for scan in scans if scan.error is None for path in _outputs(scan, output) if path is not None]
     existing = [p for p in (*planned, output / SUMMARY_NAME) if p.exists()]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 from pathlib import Path
 
 import torch
@@ -24,7 +25,9 @@ from monai.networks.blocks.dynunet_block import UnetResBlock
 from monai.networks.nets import DynUNet, FlexibleUNet
 
 import medtransfer
+from medtransfer.networks import build_resnet_unet
 
+_BUILDER_DEFAULTS = {name: p.default for name, p in inspect.signature(build_resnet_unet).parameters.items()}
 COMPOSE = "monai.transforms.Compose"
 DYNUNET = "monai.networks.nets.DynUNet"
 FLEXIBLE_UNET = "monai.networks.nets.FlexibleUNet"
@@ -90,8 +93,8 @@ def network_def(network: torch.nn.Module, config: dict) -> dict:
             "spatial_dims": int(config["spatial_dims"]),
             "is_pad": True,
         }
-        if config.get("decoder_channels"):
-            arguments["decoder_channels"] = [int(c) for c in config["decoder_channels"]]
+        channels = config.get("decoder_channels") or _BUILDER_DEFAULTS["decoder_channels"]
+        arguments["decoder_channels"] = [int(c) for c in channels]
         return arguments
     raise StandaloneError(f"no MONAI class with literal arguments describes a {type(network).__name__}")
 

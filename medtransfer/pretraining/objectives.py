@@ -160,7 +160,8 @@ class ConRecStep:
             )
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        reconstructions, embeddings = engine.network(inputs)
+        # through the trainer's inferer: the run's precision (autocast, fp32 outputs) applies here too
+        reconstructions, embeddings = engine.inferer(inputs, engine.network)
         z1, z2 = embeddings.chunk(2)
         losses = self.loss(reconstructions, targets, z1, z2)
         losses["loss"].backward()

@@ -68,6 +68,7 @@ def test_ranks_above_zero_get_no_logging_handlers(spatial_dims, overlay):
     assert "@train#replicated_handlers" in expression and "[:" not in expression
     if "pretrain.yaml" in overlay:
         assert "medtransfer.handlers.PretrainingCheckpoints" in main_only
-        assert "ValidationHandler" not in every_rank  # pretraining validates nothing
+        assert not any("Validation" in target for target in every_rank)  # pretraining validates nothing
     else:
-        assert every_rank[0] == "medtransfer.handlers.ApplyTransfer" and "ValidationHandler" in every_rank
+        assert every_rank[0] == "medtransfer.handlers.ApplyTransfer"
+        assert any("Validation" in target for target in every_rank)

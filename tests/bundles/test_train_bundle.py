@@ -74,3 +74,69 @@ def test_interrupted_run_resumes_from_its_last_epoch(tmp_path, medtransfer_home)
     assert len(record["seconds_per_epoch"]) == 1  # only epoch 3 ran after the resume
     assert [h["epoch"] for h in record["val_history"]] == [1, 2, 3]  # best-model state survived the crash
     assert resumed.trainer.state.epoch == 3
+
+
+def _scalars(tensorboard_dir) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series = {}
+    for events in sorted(tensorboard_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            series.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+    return series
+
+
+def test_run_records_precision_and_the_training_loss(tmp_path, medtransfer_home, capsys):
+    from medtransfer.training import resolve_precision
+
+    output = tmp_path / "run"
+    run_workflow(2, output_dir=str(output), **TINY[2])
+    expected = resolve_precision("auto", "cpu", announce=False)
+    record = json.loads((output / "run.json").read_text())
+    assert record["config"]["precision"] == expected.name  # hashed: what ran, not the word "auto"
+    assert record["precision"]["requested"] == "auto" and record["precision"]["name"] == expected.name
+    assert f"medtransfer: precision {expected.name}" in capsys.readouterr().out
+    history = record["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["train_loss"] > 0 and h["train_loss"] == h["train_loss"] for h in history)  # finite, not NaN
+    assert [h["val_dice"] for h in history] == [v["val_dice"] for v in record["val_history"]]
+    assert record["early_stopping"] == {"patience": None, "stopped_early": False, "stopped_epoch": None}
+    assert record["data_cache_megabytes"]["train"] > 0 and record["data_cache_megabytes"]["validation"] > 0
+    series = _scalars(output / "tensorboard")
+    assert len(series["train_loss_iteration"]) == 4  # every iteration
+    assert series["train_loss"] == pytest.approx([h["train_loss"] for h in history])  # epoch means
+    assert series["train_loss"][0] == pytest.approx(sum(series["train_loss_iteration"][:2]) / 2)
+    state = torch.load(output / "model.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_unknown_precision_is_refused_before_training(tmp_path, medtransfer_home):
+    with pytest.raises(Exception) as excinfo:
+        make_workflow(2, output_dir=str(tmp_path / "run"), precision="half", **TINY[2])
+    assert "PrecisionError" in error_text(excinfo.value) and "valid values: auto, fp32, bf16, fp16" in error_text(
+        excinfo.value
+    )
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_early_stopping_stops_on_validation_dice_and_resumes_its_count(tmp_path, medtransfer_home):
+    # learning rate 0: validation Dice never improves after epoch 1, so the stop epoch is exact
+    settings = {**TINY[2], "max_epochs": 5, "learning_rate": 0.0, "early_stop_patience": 2}
+    output = tmp_path / "run"
+    workflow = make_workflow(2, output_dir=str(output), **settings)
+
+    def crash(_engine):
+        raise KeyboardInterrupt("simulated crash at the start of epoch 3")
+
+    workflow.trainer.add_event_handler(Events.EPOCH_STARTED(once=3), crash)
+    with pytest.raises(KeyboardInterrupt):
+        workflow.run()
+    run_workflow(2, output_dir=str(output), **settings)
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "finished" and record["resumed"] is True
+    assert record["config"]["early_stop_patience"] == 2 and record["config"]["max_epochs"] == 5
+    assert record["early_stopping"] == {"patience": 2, "stopped_early": True, "stopped_epoch": 3}
+    assert record["epochs"] == 3 and record["best_epoch"] == 1
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]  # the loss curve survived the crash too

@@ -19,7 +19,7 @@ from medtransfer.pretraining import OBJECTIVES
 
 def measure(dims: int, objective: str, iterations: int) -> dict:
     with tempfile.TemporaryDirectory() as output:
-        flow = workflow(dims, configs=("train.yaml", f"pretrain/{objective}.yaml"), output_dir=output,
+        flow = workflow(dims, configs=("train.yaml", "pretrain.yaml", f"pretrain/{objective}.yaml"), output_dir=output,
                         max_epochs=1, iterations_per_epoch=iterations + 1, checkpoint_epochs=[1])
         stamps = []
         flow.trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stamps.append(time.perf_counter()))

@@ -44,7 +44,7 @@ def main() -> None:
     pre = out / "pretrain"
     with Stopwatch() as pretrain_time:
         if not (pre / "pretrained.pt").is_file():
-            workflow(3, ("train.yaml", "pretrain/reconstruction.yaml"), **common, output_dir=str(pre),
+            workflow(3, ("train.yaml", "pretrain.yaml", "pretrain/reconstruction.yaml"), **common, output_dir=str(pre),
                      max_epochs=max(schedule), iterations_per_epoch=args.pretrain_iterations,
                      checkpoint_epochs=schedule).run()
     with Stopwatch() as score_time:

@@ -6,7 +6,7 @@ the same folders shipped as package data ``medtransfer/_bundles`` and ``medtrans
 ``pip install`` / wheel (see setup.py). Layout: the MONAI bundle convention plus medtransfer's overlays::
 
     <bundle>/configs/metadata.json  train.yaml  evaluate.yaml  inference.yaml|json  multi_gpu_train.yaml
-    <bundle>/configs/pretrain/<objective>.yaml   <bundle>/configs/transfer/<strategy>.yaml
+    <bundle>/configs/pretrain.yaml (shared wiring) + pretrain/<objective>.yaml   <bundle>/configs/transfer/<strategy>.yaml
     <bundle>/models/model.pt  <bundle>/docs/README.md  <bundle>/LICENSE  <bundle>/scripts/
 
 Every function taking ``bundle`` accepts a bundle folder (any path) or the name of a packaged bundle.
@@ -29,6 +29,7 @@ TRAIN = "configs/train.yaml"
 EVALUATE = "configs/evaluate.yaml"
 MULTI_GPU_TRAIN = "configs/multi_gpu_train.yaml"
 INFERENCE_NAMES = ("configs/inference.json", "configs/inference.yaml")  # the Zoo convention first
+PRETRAIN = "configs/pretrain.yaml"  # the pretraining wiring every objective overlay needs (listed before it)
 PRETRAIN_DIR = "configs/pretrain"
 TRANSFER_DIR = "configs/transfer"
 WEIGHTS = "models/model.pt"
@@ -142,6 +143,10 @@ def transfer_strategies(bundle: str | os.PathLike) -> list[str]:
     return sorted(p.stem for p in (bundle_dir(bundle) / TRANSFER_DIR).glob("*.yaml"))
 
 
+def pretrain_wiring(bundle: str | os.PathLike) -> Path:
+    return _file(bundle, PRETRAIN, "pretraining wiring shared by every objective")
+
+
 def pretrain_overlay(bundle: str | os.PathLike, objective: str) -> Path:
     return _file(bundle, f"{PRETRAIN_DIR}/{objective}.yaml", f"pretraining overlay of objective {objective!r}")
 
@@ -151,8 +156,9 @@ def transfer_overlay(bundle: str | os.PathLike, strategy: str) -> Path:
 
 
 def pretrain_config_files(bundle: str | os.PathLike, objective: str) -> tuple[str, ...]:
-    """The config files a pretraining run merges, in order (``monai.bundle run --config_file [...]``)."""
-    return str(train_config(bundle)), str(pretrain_overlay(bundle, objective))
+    """The config files a pretraining run merges, in order (``monai.bundle run --config_file [...]``): MONAI
+    bundles have no include, so the shared wiring is listed before the one-line objective overlay."""
+    return str(train_config(bundle)), str(pretrain_wiring(bundle)), str(pretrain_overlay(bundle, objective))
 
 
 def transfer_config_files(bundle: str | os.PathLike, strategy: str) -> tuple[str, ...]:

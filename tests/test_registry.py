@@ -27,7 +27,8 @@ def test_bundle_layout():
         bundle / "configs" / "pretrain" / "contrastive_reconstruction.yaml")
     assert registry.transfer_overlay(bundle, "encoder_frozen") == bundle / "configs" / "transfer" / "encoder_frozen.yaml"
     assert registry.pretrain_config_files(bundle, "segmentation") == (
-        str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "pretrain" / "segmentation.yaml"))
+        str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "pretrain.yaml"),
+        str(bundle / "configs" / "pretrain" / "segmentation.yaml"))
     assert set(registry.transfer_strategies(bundle)) >= {"scratch", "encoder", "decoder", "full", "encoder_frozen"}
     with pytest.raises(registry.RegistryError, match="binary_seg_3d .* has no configs/transfer/warm.yaml"):
         registry.transfer_overlay(bundle, "warm")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.analysis.compare import image_batches, load_network, read_run_json
+from medtransfer.analysis.compare import image_batches, load_network, read_run_json, stride_of
 from medtransfer.analysis.transferability import logme_score, robustness_score
 
 logger = logging.getLogger("medtransfer.analysis")
@@ -118,7 +118,7 @@ def score_checkpoints(
         raise ValueError("give spatial_size: the run's config has no patch_size")
     first = load_network(run_dir, checkpoint=entries[0]["path"])
     batches = target_batches(manifest, size, split, n_images, seed, data_root=data_root,
-                             divisor=2 ** (len(first.filters) - 1))
+                             divisor=stride_of(first))
     rows = []
     for entry in sorted(entries, key=lambda e: e["epoch"]):
         network = load_network(run_dir, checkpoint=entry["path"])

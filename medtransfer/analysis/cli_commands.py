@@ -19,6 +19,7 @@ def _cka(args: argparse.Namespace) -> int:
         layer_cka,
         load_network,
         random_network,
+        stride_of,
         write_cka_report,
     )
     from medtransfer.data import open_manifest
@@ -28,7 +29,7 @@ def _cka(args: argparse.Namespace) -> int:
         net_b = random_network(net_a, args.random_seed) if args.run_b == "random" else load_network(
             args.run_b, checkpoint=args.checkpoint_b)
         manifest = open_manifest(args.data, args.data_root, dimensions=net_a.spatial_dims)
-        divisor = 2 ** (len(net_a.filters) - 1)
+        divisor = stride_of(net_a)
         size = None if args.mode == "pool" else (_sizes(args.spatial_size) or net_a.config.get("patch_size"))
         if args.mode == "flatten" and not size:
             raise CompareError("--spatial-size is needed for a checkpoint file without a run folder (flatten mode)")

@@ -28,8 +28,7 @@ instance normalisation would leave almost nothing to compare.
 
 from __future__ import annotations
 
-from medtransfer.errors import MedtransferError
-
+import csv
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -39,12 +38,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import DivisiblePadd, ResizeWithPadOrCropd
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from medtransfer.analysis.cka import MinibatchCKA, _gram, unbiased_cka, unbiased_hsic
 from medtransfer.analysis.features import FeatureRecorder, layer_names
 from medtransfer.analysis.rsa import rsa
-from medtransfer.networks.parts import PART_NAMES, part_of, _part_table, state_tensors
+from medtransfer.atomic import save_json
+from medtransfer.data import eval_transforms, open_manifest
+from medtransfer.errors import MedtransferError
+from medtransfer.networks.config import NetworkConfigError, build_from_config, total_stride
+from medtransfer.networks.parts import PART_NAMES, _part_table, dynunet_layout, part_of, state_tensors
+from medtransfer.training.run_folder import RunFolder
+from medtransfer.transfer.adapters import CheckpointError, load_checkpoint
+from medtransfer.transfer.strategies import copy_parts, get_strategy
 
 logger = logging.getLogger("medtransfer.analysis")
 
@@ -93,12 +101,10 @@ class LoadedNetwork:
 
 
 def read_run_json(run_dir: str | Path) -> dict:
-    import json
-
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise CompareError(f"{run_dir}: not a run folder (no run.json)")
-    return json.loads(path.read_text())
+    record = RunFolder(run_dir).record
+    if record is None:
+        raise CompareError(f"{run_dir}: not a run folder (no readable run.json)")
+    return record
 
 
 def load_network(
@@ -123,36 +129,37 @@ def load_network(
     Raises:
         CompareError: for a folder without run.json or weights, or a file that does not fit a DynUNet.
     """
-    from medtransfer.networks import build_dynunet
-    from medtransfer.transfer.adapters import CheckpointError, load_checkpoint
-
     path = Path(path)
     config: dict = {}
     if path.is_dir():
-        record = read_run_json(path)
-        config = record.get("config", {})
+        config = read_run_json(path).get("config", {})
         if checkpoint is not None:
             weights = Path(checkpoint) if Path(checkpoint).is_absolute() or Path(checkpoint).exists() else path / checkpoint
-        elif config.get("task") == "pretraining":
-            weights = path / "pretrained.pt"
         else:
-            weights = path / "model.pt"
+            weights = RunFolder(path).weights_path()
         if not weights.is_file():
             raise CompareError(f"{path}: no weights file {weights.name} (is the run finished?)")
     else:
         weights = path
-        run_dir = _run_folder_of(path)
-        if run_dir is not None:
-            config = read_run_json(run_dir).get("config", {})
+        folder = RunFolder.containing(path)
+        if folder is not None:
+            config = read_run_json(folder.path).get("config", {})
     if not weights.is_file():
         raise CompareError(f"checkpoint file not found: {weights}")
     raw_state = _raw_state(weights)
-    arch = _architecture(raw_state, config)
+    layout = dynunet_layout(raw_state) or {}
+    if not config and not layout:
+        raise CompareError(f"{weights}: cannot tell the architecture: no DynUNet tensors and no run.json config")
+    # the recorded configuration decides the architecture; a file's own channels decide the ends, so that a
+    # pretraining head (1 channel for reconstruction) fits too
+    architecture = config or layout
+    in_channels = int(layout.get("in_channels") or 1)
+    out_channels = int(layout.get("out_channels") or 2)
     seed = int(init_seed if init_seed is not None else config.get("seed", 0) or 0)
-    model = build_dynunet(
-        arch["spatial_dims"], in_channels=arch["in_channels"], out_channels=arch["out_channels"],
-        filters=arch["filters"], init_seed=seed,
-    )
+    try:
+        model = build_from_config(architecture, in_channels=in_channels, out_channels=out_channels, init_seed=seed)
+    except NetworkConfigError as error:
+        raise CompareError(f"{weights}: {error}") from None
     try:
         adapted = load_checkpoint(weights, model)
     except CheckpointError as error:
@@ -170,8 +177,9 @@ def load_network(
         logger.info("%s: %s", weights, notes[-1])
     label = f"{weights.parent.name}/{weights.stem}" if weights.parent.name else weights.stem
     return LoadedNetwork(
-        model=model.to(device).eval(), source=str(weights.resolve()), label=label, spatial_dims=arch["spatial_dims"],
-        filters=arch["filters"], in_channels=arch["in_channels"], out_channels=arch["out_channels"],
+        model=model.to(device).eval(), source=str(weights.resolve()), label=label,
+        spatial_dims=int(architecture["spatial_dims"]), filters=list(architecture.get("filters") or []),
+        in_channels=in_channels, out_channels=out_channels,
         loaded_parts=list(adapted.available_parts), random_parts=random_parts, init_seed=seed, config=config,
         notes=notes,
     )
@@ -179,10 +187,9 @@ def load_network(
 
 def random_network(like: LoadedNetwork, init_seed: int = 12345) -> LoadedNetwork:
     """A randomly initialised network of the same architecture (the "random init" reference of Karimi et al.)."""
-    from medtransfer.networks import build_dynunet
-
-    model = build_dynunet(like.spatial_dims, in_channels=like.in_channels, out_channels=like.out_channels,
-                          filters=like.filters, init_seed=init_seed)
+    architecture = like.config or {"spatial_dims": like.spatial_dims, "filters": like.filters}
+    model = build_from_config(architecture, in_channels=like.in_channels, out_channels=like.out_channels,
+                              init_seed=init_seed)
     device = next(like.model.parameters()).device
     return LoadedNetwork(model=model.to(device).eval(), source="", label=f"random(seed={init_seed})",
                          spatial_dims=like.spatial_dims, filters=list(like.filters), in_channels=like.in_channels,
@@ -192,13 +199,9 @@ def random_network(like: LoadedNetwork, init_seed: int = 12345) -> LoadedNetwork
 def starting_network(run_dir: str | Path) -> LoadedNetwork:
     """The weights a fine-tuning run started from: its seeded init with the strategy's parts loaded from its
     ``source_checkpoint`` (exactly what ApplyTransfer did before the first step)."""
-    from medtransfer.networks import build_dynunet
-    from medtransfer.transfer.adapters import load_checkpoint
-    from medtransfer.transfer.strategies import copy_parts, get_strategy
-
     config = read_run_json(run_dir).get("config", {})
     seed = int(config.get("seed", 0) or 0)
-    model = build_dynunet(int(config["spatial_dims"]), filters=list(config["filters"]), init_seed=seed)
+    model = build_from_config(config, init_seed=seed)
     strategy = get_strategy(config.get("strategy", "scratch"))
     source = config.get("source_checkpoint")
     loaded: list[str] = []
@@ -210,13 +213,6 @@ def starting_network(run_dir: str | Path) -> LoadedNetwork:
                          spatial_dims=int(config["spatial_dims"]), filters=list(config["filters"]),
                          loaded_parts=loaded, random_parts=[p for p in PART_NAMES if p not in loaded],
                          init_seed=seed, config=config)
-
-
-def _run_folder_of(path: Path) -> Path | None:
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "run.json").is_file():
-            return folder
-    return None
 
 
 def _raw_state(weights: Path) -> dict[str, torch.Tensor]:
@@ -231,22 +227,6 @@ def _raw_state(weights: Path) -> dict[str, torch.Tensor]:
     if isinstance(raw, dict):
         return {k.removeprefix("module."): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
     raise CompareError(f"{weights}: expected a state dict or a checkpoint holding one, got {type(raw).__name__}")
-
-
-def _architecture(state: Mapping[str, torch.Tensor], config: Mapping) -> dict:
-    """DynUNet spatial_dims / channels / filters, from the tensors (config as a fallback for what is absent)."""
-    first = state.get("input_block.conv1.conv.weight")
-    if first is None:
-        if not config:
-            raise CompareError("cannot tell the architecture: no DynUNet input_block tensors and no run.json config")
-        return {"spatial_dims": int(config["spatial_dims"]), "filters": list(config["filters"]),
-                "in_channels": 1, "out_channels": 2}
-    downs = sorted({int(k.split(".")[1]) for k in state if k.startswith("downsamples.") and k.endswith("conv1.conv.weight")})
-    filters = [int(first.shape[0])] + [int(state[f"downsamples.{i}.conv1.conv.weight"].shape[0]) for i in downs]
-    filters.append(int(state["bottleneck.conv1.conv.weight"].shape[0]))
-    head = state.get("output_block.conv.conv.weight")
-    return {"spatial_dims": first.ndim - 2, "filters": filters, "in_channels": int(first.shape[1]),
-            "out_channels": int(head.shape[0]) if head is not None else 2}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,14 +254,10 @@ def image_batches(
         batch_size: images per batch (ignored without ``spatial_size``).
         max_images: use at most this many images: a seeded random sample when ``seed`` is given, else the first.
         with_label: include the labels (needed by LogME).
-        divisor: the U-Net's total stride (``2 ** (len(filters) - 1)``); ``spatial_size`` must be a multiple.
+        divisor: the U-Net's total stride (:func:`medtransfer.networks.total_stride`); ``spatial_size`` must be a multiple.
 
     Images are loaded one at a time, so memory holds the batches only (they are small next to the features).
     """
-    from monai.transforms import DivisiblePadd, ResizeWithPadOrCropd
-
-    from medtransfer.data import eval_transforms, open_manifest
-
     if isinstance(manifest, (str, Path)):
         manifest = open_manifest(manifest)
     items = manifest.datalist(split, require_labels=with_label)
@@ -312,18 +288,14 @@ def image_batches(
 
 
 def _stack(items: list[dict], keys: list[str]) -> dict:
-    from monai.utils import convert_to_tensor
-
     batch = {key: torch.stack([convert_to_tensor(item[key], track_meta=False) for item in items]) for key in keys}
     batch["ids"] = [item.get("id", "") for item in items]
     return batch
 
 
 def stride_of(network: LoadedNetwork | nn.Module) -> int:
-    filters = network.filters if isinstance(network, LoadedNetwork) else None
-    if filters is None:
-        raise CompareError("stride_of needs a LoadedNetwork")
-    return 2 ** (len(filters) - 1)
+    """The network's total stride (what every input side must be a multiple of)."""
+    return total_stride(network.model if isinstance(network, LoadedNetwork) else network)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -447,8 +419,6 @@ def _grid_pool(t: torch.Tensor) -> torch.Tensor:
 
 
 def _images(batch) -> torch.Tensor:
-    from monai.utils import convert_to_tensor
-
     value = batch["image"] if isinstance(batch, Mapping) else batch
     return convert_to_tensor(value, track_meta=False)
 
@@ -500,14 +470,11 @@ def write_cka_report(
     Returns:
         ``{"csv", "json", "png"}`` paths.
     """
-    import csv
-
+    # matplotlib (optional for CKA numbers) only when a report draws its heat map
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from medtransfer.atomic import save_json
 
     comparisons = {"A vs B": list(table)} if not isinstance(table, Mapping) else {k: list(v) for k, v in table.items()}
     out = Path(out_dir)

@@ -50,6 +50,18 @@ class DicomInputError(MedtransferError, ValueError):
     """A DICOM folder or file cannot be turned into a volume; the message names the path and the problem."""
 
 
+class SeveralSeriesError(DicomInputError):
+    """A folder holds several image series and none was chosen; `series_uids` lists them."""
+
+    def __init__(self, message: str, series_uids: list[str]) -> None:
+        super().__init__(message)
+        self.series_uids = list(series_uids)
+
+
+class SliceSpacingError(DicomInputError):
+    """A series has missing slices or uneven slice spacing; `allow_uneven=True` reads it anyway."""
+
+
 @dataclass(frozen=True)
 class DicomSlice:
     """The header facts of one slice file that ordering, geometry checks and DICOM-SEG references need."""
@@ -296,8 +308,9 @@ def select_series(folder: str | Path, series_uid: str | None = None) -> SeriesIn
         )
     if series_uid is None:
         if len(scan.images) > 1:
-            raise DicomInputError(
-                f"{folder}: holds {len(scan.images)} image series; choose one by passing its series_uid:\n{listing}"
+            raise SeveralSeriesError(
+                f"{folder}: holds {len(scan.images)} image series; choose one by passing its series_uid:\n{listing}",
+                list(scan.images),
             )
         series_uid = next(iter(scan.images))
     elif series_uid not in scan.images:
@@ -368,7 +381,7 @@ def check_geometry(series: SeriesInfo, allow_uneven: bool = False) -> list[str]:
         return []
     message = f"{where}: {'; '.join(problems)}"
     if not allow_uneven:
-        raise DicomInputError(
+        raise SliceSpacingError(
             f"{message}. Pass allow_uneven=True to read it anyway with one averaged slice spacing "
             f"(slice positions in the volume are then approximate)"
         )

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medtransfer.networks.config import total_stride
+
 logger = logging.getLogger("medtransfer.pretraining")
 
 
@@ -76,9 +78,8 @@ class TransferabilityScore:
 
         unet = self._unet()
         if self._batches is None:
-            filters = len(getattr(unet, "filters", [])) or 1
             self._batches = target_batches(self.manifest, self.spatial_size, self.split, self.n_images, self.seed,
-                                           data_root=self.data_root, divisor=2 ** (filters - 1))
+                                           data_root=self.data_root, divisor=total_stride(unet))
         started = time.perf_counter()
         scores = score_network(unet, self._batches, pool=self.pool, seed=self.seed)
         entry = {"epoch": int(epoch), **scores, "seconds": round(time.perf_counter() - started, 3)}

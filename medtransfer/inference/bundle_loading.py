@@ -54,7 +54,8 @@ from monai.transforms import Compose
 from medtransfer import registry
 from medtransfer.atomic import sha256_of
 from medtransfer.inference import standalone
-from medtransfer.networks import build_dynunet, build_resnet_unet
+from medtransfer.networks import NetworkConfigError, build_dynunet, build_resnet_unet
+from medtransfer.training.run_folder import RunDirectoryError, RunFolder
 from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -536,17 +537,6 @@ def _load_trusted(bundle: Path, config_path: Path, metadata: dict, weights: Path
     )
 
 
-def _run_network(config: Mapping, run: Path, in_channels: int = 1) -> torch.nn.Module:
-    """The run's network, built like train.yaml's ``network_def`` from the recorded settings."""
-    dims = int(config["spatial_dims"])
-    if config.get("backbone"):
-        arguments = {"backbone": config["backbone"]}
-        if config.get("decoder_channels"):
-            arguments["decoder_channels"] = config["decoder_channels"]
-        return build_resnet_unet(dims, **arguments)
-    return build_dynunet(dims, in_channels=in_channels, filters=config.get("filters") or (16, 32, 64, 128))
-
-
 def run_target_spacing(config: Mapping, manifest: str | Path | None = None) -> tuple[list[float] | None, dict]:
     """The training data's target_spacing and the manifest content (found by name, or the given path)."""
     from medtransfer.data.manifest import ManifestError, read_manifest_file
@@ -567,22 +557,25 @@ def load_run(
     run_dir: str | Path, device: str | torch.device = "cpu", manifest: str | Path | None = None
 ) -> SegmentationModel:
     """A SegmentationModel from a finished training run folder (``run.json`` + ``model.pt``)."""
-    from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run
-
     run = Path(run_dir)
     if run.is_file() and run.name.endswith(".pt"):
         run = run.parent
-    if not (run / "run.json").is_file():
+    if not RunFolder(run).record_path.is_file():
         raise BundleError(f"{run}: neither a MONAI bundle (configs/metadata.json) nor a run folder (run.json)")
+    folder = RunFolder(run)
     try:
-        record, weights = finished_segmentation_run(run)
+        record, weights = folder.check_finished("segmentation")
     except RunDirectoryError as error:
         raise BundleError(str(error)) from None
     config = record.get("config") or {}
     device = torch.device(device)
     target_spacing, content = run_target_spacing(config, manifest)
     channels = int(content.get("channels", 1))  # the training manifest's input channels (grey 1, RGB 3, ...)
-    network = _load_into(_run_network(config, run, channels), weights, device)
+    try:
+        network = folder.build_network(in_channels=channels)
+    except NetworkConfigError as error:
+        raise BundleError(f"{run}/run.json: {error}") from None
+    network = _load_into(network, weights, device)
     dims = int(config["spatial_dims"])
     label = str((content.get("label_meaning") or {}).get("1", "foreground")).split(" (")[0].strip() or "foreground"
     return SegmentationModel(

@@ -36,7 +36,6 @@ from medtransfer.inference.bundle_loading import (
     WEIGHTS_PATH,
     BundleError,
     SegmentationModel,
-    _run_network,
     build_safe_network,
     read_config_file,
     run_target_spacing,
@@ -45,7 +44,8 @@ from medtransfer.inference.bundle_loading import (
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
 from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess, postprocessing_note
 from medtransfer.inference.standalone import REQUIRED_PACKAGES, StandaloneError, inference_config, write_scripts
-from medtransfer.training.run_directory import RunDirectoryError, finished_segmentation_run, read_run_record
+from medtransfer.networks.config import NetworkConfigError, total_stride
+from medtransfer.training.run_folder import RunDirectoryError, RunFolder, WrongTaskError
 from medtransfer.training.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
@@ -97,12 +97,11 @@ def _short_label(meaning: str | None) -> str:
 
 def _read_run(run: Path) -> dict:
     try:
-        record, _weights = finished_segmentation_run(run)
+        record, _weights = RunFolder(run).check_finished("segmentation")
+    except WrongTaskError as error:
+        raise ExportError(f"{error}. Export the run that fine-tuned them (train.yaml with --source_checkpoint)") from None
     except RunDirectoryError as error:
-        message = str(error)
-        if "starting point for transfer" in message:
-            message += ". Export the run that fine-tuned them (train.yaml with --source_checkpoint)"
-        raise ExportError(message) from None
+        raise ExportError(str(error)) from None
     for key in ("spatial_dims", "patch_size"):
         if key not in (record.get("config") or {}):
             raise ExportError(f"{run}/run.json: config lacks {key!r}")
@@ -113,11 +112,10 @@ def _pretraining_source(checkpoint: str | None) -> dict | None:
     """The data a medtransfer pretraining checkpoint was made from, from its run's run.json if still there."""
     if not checkpoint:
         return None
-    path = Path(checkpoint)
-    for folder in (path.parent, path.parent.parent):  # <run>/pretrained.pt or <run>/checkpoints/epoch_N.pt
-        record = read_run_record(folder) if folder.is_dir() else None
-        if record and record.get("pretraining"):
-            return record["pretraining"].get("source")
+    folder = RunFolder.containing(checkpoint)  # <run>/pretrained.pt or <run>/checkpoints/epoch_N.pt
+    record = folder.record if folder else None
+    if record and record.get("pretraining"):
+        return record["pretraining"].get("source")
     return None
 
 
@@ -158,10 +156,9 @@ def _check_no_machine_paths(text: str, run: Path) -> None:
 
 def _network_data_format(template_meta: dict, config: dict, manifest: dict, label: str) -> dict:
     dims = int(config["spatial_dims"])
-    levels = len(config.get("filters") or [0, 0, 0, 0])
     # DynUNet: a multiple of its total stride, and twice it at least (instance norm needs more than one voxel at
     # the bottleneck), so that MONAI's verify_net_in_out passes with its default n=1.
-    multiple = 32 if config.get("backbone") else 2 * 2 ** (levels - 1)
+    multiple = total_stride(config) if config.get("backbone") else 2 * total_stride(config)
     shape = [f"{multiple}*n"] * dims
     formats = json.loads(json.dumps(template_meta["network_data_format"]))
     image = formats["inputs"]["image"]
@@ -538,10 +535,10 @@ def export_bundle(
     except BundleError as error:
         raise ExportError(str(error)) from None
 
-    network = _run_network(config, run)
     try:
+        network = RunFolder(run).build_network()
         load_weights(network, run / "model.pt")
-    except WeightsError as error:
+    except (WeightsError, NetworkConfigError) as error:
         raise ExportError(str(error)) from None
     network.eval()
 

@@ -34,7 +34,14 @@ from monai.transforms import Invertd, LoadImaged
 from tqdm import tqdm
 
 from medtransfer.atomic import atomic_write
-from medtransfer.data.dicom import DicomInputError, SeriesInfo, find_series, select_series
+from medtransfer.data.dicom import (
+    DicomInputError,
+    SeriesInfo,
+    SeveralSeriesError,
+    SliceSpacingError,
+    find_series,
+    select_series,
+)
 from medtransfer.data.readers import DicomSeriesReader
 from medtransfer.inference.bundle_loading import SegmentationModel, load_model
 from medtransfer.inference.dicom_seg import (
@@ -339,7 +346,7 @@ def _dicom_scans(folder: Path, series_uid: str | None) -> list[_Scan]:
             infos = [select_series(folder, uid) for uid in chosen]
         except DicomInputError as error:
             message = str(error)
-            if "choose one by passing its series_uid" in message:
+            if isinstance(error, SeveralSeriesError):
                 message += "\n(medtransfer segment: --series-uid UID, or --series-uid all to segment each series)"
             return [_Scan(name=name, input=folder, error=message, warnings=list(warnings))]
     scans = []
@@ -454,7 +461,7 @@ def _message(error: BaseException, scan: _Scan) -> str:
     text = str(root) if known else f"{type(root).__name__}: {root}"
     if str(scan.input) not in text:
         text = f"{scan.input}: {text}"
-    if "allow_uneven=True" in text:
+    if isinstance(root, SliceSpacingError):
         text += " (medtransfer segment: --allow-uneven)"
     return text
 

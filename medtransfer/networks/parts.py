@@ -114,3 +114,17 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = dict(model.named_parameters(remove_duplicate=True))
     tensors.update(dict(model.named_buffers(remove_duplicate=True)))
     return tensors
+
+
+def dynunet_layout(state: dict[str, torch.Tensor]) -> dict | None:
+    """spatial_dims, in/out channels and filters of the DynUNet whose tensors `state` holds (None if it holds
+    no DynUNet input block), for a weights file that comes without the run.json that recorded them."""
+    first = state.get("input_block.conv1.conv.weight")
+    if first is None:
+        return None
+    downs = sorted({int(k.split(".")[1]) for k in state if k.startswith("downsamples.") and k.endswith("conv1.conv.weight")})
+    filters = [int(first.shape[0])] + [int(state[f"downsamples.{i}.conv1.conv.weight"].shape[0]) for i in downs]
+    filters.append(int(state["bottleneck.conv1.conv.weight"].shape[0]))
+    head = state.get("output_block.conv.conv.weight")
+    return {"spatial_dims": first.ndim - 2, "filters": filters, "in_channels": int(first.shape[1]),
+            "out_channels": int(head.shape[0]) if head is not None else None}

@@ -21,7 +21,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from medtransfer.study.folder import finished_record, read_json, run_dir
 from medtransfer.study.spec import Run, StudySpec
+from medtransfer.training.run_folder import RunFolder
 
 logger = logging.getLogger("medtransfer.study")
 
@@ -34,8 +38,6 @@ def _cell(run: Run) -> tuple:
 
 
 def _finished_finetunes(study_dir: Path, spec: StudySpec) -> list[tuple[Run, dict]]:
-    from medtransfer.study.runner import finished_record, run_dir
-
     out = []
     for run in spec.expand():
         if run.kind == "finetune" and run.checkpoint_epoch is None:
@@ -47,11 +49,10 @@ def _finished_finetunes(study_dir: Path, spec: StudySpec) -> list[tuple[Run, dic
 
 def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = True) -> dict[str, Any]:
     """Compute the per-run CKA files that are missing or stale. Returns {"computed", "reused", "failed": {id: error}}."""
-    from tqdm.auto import tqdm
-
+    # torch/MONAI feature extraction is imported only when a study asks for CKA (keeps report/status light)
     from medtransfer.analysis.compare import image_batches, run_cka_summary, write_cka_report
     from medtransfer.data import open_manifest
-    from medtransfer.study.runner import read_json, run_dir
+    from medtransfer.networks.config import total_stride
 
     study_dir = Path(study_dir)
     settings = spec.analysis
@@ -80,7 +81,7 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
         try:
             config = record.get("config", {})
             size = tuple(int(v) for v in config.get("patch_size") or [])
-            divisor = 2 ** (len(config.get("filters") or [1]) - 1)
+            divisor = total_stride(config)
             if size not in batches_by_shape:  # the same seeded test images for every run
                 batches_by_shape[size] = image_batches(manifest, "test", spatial_size=list(size) or None,
                                                        batch_size=8, max_images=settings["cka_images"], seed=0,
@@ -102,8 +103,6 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
 
 def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
     """Mean CKA per (objective, strategy, fraction, comparison, layer) over the cell's seeds (and seed pairs)."""
-    from medtransfer.study.runner import read_json, run_dir
-
     values: dict[tuple, list[float]] = defaultdict(list)
     parts: dict[str, str] = {}
     order: dict[str, int] = {}
@@ -136,8 +135,8 @@ def transferability_table(study_dir: str | Path, spec: StudySpec) -> dict[str, A
     Returns None without `analysis.transferability`. Otherwise {"strategy", "fraction", "rows": [{stage,
     epoch, robustness, logme, dice, n_runs}], "spearman": [{stage ("all" = pooled), score, rho, p_value, n}]}.
     Dice is the mean over the seeds' runs of each run's own mean test Dice (run.json metrics.mean_dice)."""
+    # scipy/torch (checkpoint scores) are imported only for a study with a transferability block
     from medtransfer.analysis.checkpoint_scores import spearman_with_dice
-    from medtransfer.study.runner import finished_record, read_json, run_dir
 
     settings = spec.analysis.get("transferability")
     if not settings:
@@ -159,7 +158,7 @@ def transferability_table(study_dir: str | Path, spec: StudySpec) -> dict[str, A
             dice[(run.objective, epoch)].append(float(mean_dice))
     rows = []
     for stage, pre in pretrain.items():
-        record = read_json(run_dir(study_dir, pre) / "run.json") or {}
+        record = RunFolder(run_dir(study_dir, pre)).record or {}
         for entry in (record.get("transferability") or {}).get("checkpoints") or []:
             runs_dice = dice.get((stage, int(entry["epoch"])), [])
             rows.append({"stage": stage, "epoch": int(entry["epoch"]), "robustness": entry.get("robustness"),

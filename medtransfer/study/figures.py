@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medtransfer.study.analysis import COMPARISONS
 from medtransfer.study.spec import NO_SOURCE
 
 
 def _pyplot():
+    # matplotlib only when figures are drawn: status, results.csv and summary.md do without it
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -216,11 +218,7 @@ def write_figures(folder: str | Path, analysis: dict) -> list[str]:
 
 def cka_layers(path: Path, table: list[dict]) -> None:
     """One heat map per comparison: U-Net levels (rows) × study cells (columns), mean CKA over seeds."""
-    import numpy as np
-
     plt = _pyplot()
-    from medtransfer.study.analysis import COMPARISONS
-
     comparisons = [c for c in COMPARISONS if any(r["comparison"] == c for r in table)]
     layers = sorted({(r["layer_index"], r["layer"], r["part"]) for r in table})
     cells = list(dict.fromkeys((r["objective"], r["strategy"], r["fraction"]) for r in table))

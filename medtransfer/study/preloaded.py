@@ -44,6 +44,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from medtransfer.study.processes import _child_setup, die_with_parent, execute_command, log_command, run_outcome
+
 PRELOAD = ["torch", "ignite.engine", "monai.bundle", "monai.engines", "monai.handlers", "monai.transforms",
            "medtransfer.handlers", "medtransfer.data.transforms", "medtransfer.networks", "medtransfer.transfer",
            "medtransfer.pretraining"]
@@ -62,8 +64,6 @@ def _run_child(request: dict, launcher_pid: int) -> None:
     __main__, exit with its status. Never returns."""
     code = 1
     try:
-        from medtransfer.study.executors import die_with_parent
-
         die_with_parent(launcher_pid)
         fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 1)
@@ -118,8 +118,6 @@ def _kill_children(children: dict) -> None:
 
 def serve() -> None:
     """The launcher's loop: import PRELOAD, then fork one child per request line, report each exit status."""
-    from medtransfer.study.executors import die_with_parent
-
     driver = int(os.environ.get("MEDTRANSFER_LAUNCHER_PARENT", os.getppid()))
     die_with_parent(driver)
     for name in PRELOAD:
@@ -160,13 +158,11 @@ def serve() -> None:
 
 # Driver side ------------------------------------------------------------------------------------------------
 class PreloadedLauncher:
-    """Driver's handle on one launcher process; `execute` has `executors.execute_command`'s signature and is
+    """Driver's handle on one launcher process; `execute` has `processes.execute_command`'s signature and is
     safe to call from several threads at once."""
 
     def __init__(self) -> None:
         self._log = tempfile.NamedTemporaryFile(prefix="medtransfer-launcher-", suffix=".log", delete=False)
-        from medtransfer.study.executors import _child_setup
-
         self._process = subprocess.Popen([sys.executable, "-m", "medtransfer.study.preloaded"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._log, cwd=str(Path.cwd()),
                                          env={**os.environ, "MEDTRANSFER_LAUNCHER_PARENT": str(os.getpid())},
@@ -208,8 +204,6 @@ class PreloadedLauncher:
     def execute(self, command: list[str], log_path: str, env: dict[str, str] | None = None,
                 cwd: str | None = None) -> dict[str, Any]:
         """Run one command like `execute_command`; `python -m MODULE` commands are forked from the launcher."""
-        from medtransfer.study.executors import execute_command, log_command, run_outcome
-
         parsed = module_command(command)
         if parsed is None:
             return execute_command(command, log_path, env, cwd)

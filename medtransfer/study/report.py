@@ -20,6 +20,7 @@ Statistics (medtransfer.evaluation.statistics, whose docstring explains the choi
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections import defaultdict
@@ -28,8 +29,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from medtransfer.atomic import atomic_write
 from medtransfer.evaluation.statistics import (MIN_SEEDS, METHOD, TOO_FEW_SEEDS, cell_summary, compare_cells, holm,
                                                mean_ci, unit_observations)
+from medtransfer.study.analysis import COMPARISONS, summarise_cka, transferability_table
+from medtransfer.study.figures import write_figures
+from medtransfer.study.folder import STATUS_FILE, finished_record, load_study_dir, read_json, run_dir
 from medtransfer.study.spec import NO_SOURCE, Run, StudySpec
 
 __all__ = ["holm", "mean_ci", "analyse", "collect", "write_report", "write_csv", "convergence", "validation_auc"]
@@ -99,8 +104,6 @@ def convergence_targets(finished: Iterable[tuple[Run, dict]], level: float = CON
 # Collection -----------------------------------------------------------------------------------------------
 def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dict], list[dict]]:
     """(rows of results.csv, finished fine-tune records by run id, problems [{run_id, state, error}])."""
-    from medtransfer.study.runner import STATUS_FILE, finished_record, read_json, run_dir
-
     status = (read_json(Path(study_dir) / STATUS_FILE) or {}).get("runs", {})
     runs = spec.expand()
     sources = {run.run_id: run.source for run in runs if run.kind == "pretrain"}
@@ -144,9 +147,6 @@ def collect(study_dir: Path, spec: StudySpec) -> tuple[list[dict], dict[str, dic
 
 def write_csv(path: Path, rows: list[dict], columns: Iterable[str] = COLUMNS) -> None:
     """A tidy CSV (NaN written as an empty cell), atomically; `columns` default: results.csv's."""
-    from medtransfer.atomic import atomic_write
-    import io
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -287,8 +287,6 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
 def _cka_markdown(table: list[dict]) -> list[str]:
     if not table:
         return []
-    from medtransfer.study.analysis import COMPARISONS
-
     lines = ["", "## Layer CKA (mean over seeds; per-run files in runs/<id>/cka/)", "",
              "Linear CKA per U-Net level on a fixed sample of test images: *vs start* = the fine-tuned network "
              "against the weights it started from (1 = the layer did not change its representation), *vs random* "
@@ -330,30 +328,22 @@ def _transferability_markdown(result: dict | None) -> list[str]:
 
 def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: bool = True) -> dict[str, Any]:
     """(Re)write results.csv, summary.md and figures/ from the finished runs of a study folder."""
-    from medtransfer.study.runner import load_study_dir
-
     study_dir = Path(study_dir)
     spec = spec or load_study_dir(study_dir)
     rows, records, problems = collect(study_dir, spec)
     write_csv(study_dir / "results.csv", rows)
     analysis = analyse(rows, records, getattr(spec, "comparisons", None) or ())
     if spec.analysis:
-        from medtransfer.study.analysis import summarise_cka, transferability_table
-
         analysis["cka"] = summarise_cka(study_dir, spec) if spec.analysis.get("cka") else []
         analysis["transferability"] = transferability_table(study_dir, spec)
         if analysis["cka"]:
             write_csv(study_dir / "cka_summary.csv", analysis["cka"], columns=list(analysis["cka"][0]))
     written: list[str] = []
     if figures and rows:
-        from medtransfer.study.figures import write_figures
-
         written = write_figures(study_dir / "figures", analysis)
     n_runs = len(spec.expand())
     wall = sum(float(item["record"].get("wall_time_seconds") or 0.0) for item in records.values())
     text = summary_markdown(spec, analysis, problems, n_runs, written, wall)
-    from medtransfer.atomic import atomic_write
-
     atomic_write(study_dir / "summary.md", lambda stream: stream.write(text.encode()))
     return {"results": str(study_dir / "results.csv"), "summary": str(study_dir / "summary.md"),
             "figures": written, "n_rows": len(rows), "problems": problems}

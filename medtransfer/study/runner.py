@@ -1,20 +1,12 @@
 """Execute a study: skip finished runs, (re)start the others, record status, then write the report.
 
-Study folder layout::
-
-    study.json            the study file's content and its hash (a folder belongs to one study file)
-    status.json           every run's state: pending, running, finished, failed (with traceback tail), skipped
-    runs/<run_id>/        one bundle output folder per run (run.json, weights, log.txt)
-    results.csv, summary.md, figures/     the report (medtransfer.study.report)
-
-A run is finished when its run.json says so *and* its weights match the recorded sha256 (model.pt for
-fine-tunes, pretrained.pt for pretraining). Anything else is re-run with the same command; the bundle resumes
-from its checkpoint.pt by itself.
+The study folder's layout is described in medtransfer.study.folder. A run is finished when its run.json says
+so *and* its weights match the recorded sha256 (model.pt for fine-tunes, pretrained.pt for pretraining).
+Anything else is re-run with the same command; the bundle resumes from its checkpoint.pt by itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -23,45 +15,30 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from medtransfer.atomic import save_json, sha256_of
-from medtransfer.study.executors import execute_command, make_executor
-from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, parse_study
+from tqdm.auto import tqdm
+
+from medtransfer.atomic import save_json
 from medtransfer.folder_lock import LOCK_NAME, FolderLock
+from medtransfer.study.analysis import run_cka_analysis
+from medtransfer.study.executors import make_executor
+from medtransfer.study.folder import (  # noqa: F401  (re-exported: the names callers knew runner by)
+    LOG_NAME,
+    RUNS,
+    STATUS_FILE,
+    STUDY_RECORD,
+    finished_record,
+    load_study_dir,
+    read_json,
+    run_dir,
+)
+from medtransfer.study.processes import execute_command
+from medtransfer.study.report import write_report
+from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, load_study
+from medtransfer.training.run_folder import RunFolder
 
 logger = logging.getLogger("medtransfer.study")
 
-STUDY_RECORD = "study.json"
-STATUS_FILE = "status.json"
-RUNS = "runs"
-LOG_NAME = "log.txt"
 _EPOCH = re.compile(rb"medtransfer: epoch (\d+)/\d+ done")
-
-
-# Folders and records ----------------------------------------------------------------------------------------
-def run_dir(study_dir: Path, run: Run | str) -> Path:
-    return Path(study_dir) / RUNS / (run if isinstance(run, str) else run.run_id)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def finished_record(run: Run, folder: Path) -> dict | None:
-    """run.json of a finished run whose weights match their recorded sha256; None otherwise."""
-    record = read_json(folder / "run.json")
-    if not record or record.get("status") != "finished":
-        return None
-    if run.kind == "pretrain":
-        expected = ((record.get("pretraining") or {}).get("final") or {}).get("sha256")
-    else:
-        expected = record.get("model_sha256")
-    weights = folder / run.weights_name()
-    if not expected or not weights.is_file() or sha256_of(weights) != expected:
-        return None
-    return record
 
 
 def current_epoch(log_path: Path, tail_bytes: int = 16384) -> int | None:
@@ -128,27 +105,6 @@ def check_inside(study_dir: Path, runs: list[Run]) -> None:
         folder = run_dir(study_dir, run).resolve()
         if root not in folder.parents:
             raise StudyError(f"run {run.run_id!r} would be written to {folder}, outside the study folder {root}")
-
-
-def load_study_dir(study_dir: str | Path) -> StudySpec:
-    """The study a folder was made by (from study.json), for report and status."""
-    study_dir = Path(study_dir)
-    record = read_json(study_dir / STUDY_RECORD)
-    if not record:
-        raise StudyError(f"{study_dir} is not a study folder (no readable {STUDY_RECORD})")
-    data_roots = record.get("data_roots") or {}
-    base = Path(record["study_file"]).parent if record.get("study_file") else study_dir
-    target = record["content"].get("data_manifest")
-    root = data_roots.get(target) if target else None
-    try:
-        return parse_study(record["content"], base=base, data_root=root, source_file=record.get("study_file"),
-                           trusted=bool(record.get("trusted")))
-    except StudyError:
-        if root is not None:  # data moved or not mounted here: the report does not need it
-            os.environ.setdefault("MEDTRANSFER_DATA", root)
-        os.environ.setdefault("MEDTRANSFER_DATA", str(study_dir))
-        return parse_study(record["content"], base=base, data_root=None, source_file=record.get("study_file"),
-                           trusted=bool(record.get("trusted")))
 
 
 # Status ---------------------------------------------------------------------------------------------------
@@ -237,15 +193,13 @@ class StudyRunner:
 
     def _command(self, run: Run) -> tuple[list[str], bool]:
         folder = run_dir(self.study_dir, run)
-        record = read_json(folder / "run.json")
+        record = RunFolder(folder).record
         overwrite = bool(record and record.get("status") == "finished")  # finished, but weights do not verify
         source = run_dir(self.study_dir, run.depends_on) / run.source_file if run.depends_on else None
         return self.command_factory(run, self.spec.bundle_root, folder, source_checkpoint=source,
                                     overwrite=overwrite), overwrite
 
     def run(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
-
         previous = (read_json(self.study_dir / STATUS_FILE) or {}).get("runs", {})
         pending: list[Run] = []
         for run in self.runs:
@@ -337,8 +291,6 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
 
     `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters.
     `trusted`: allow study settings that are MONAI expressions (they run as code in every run)."""
-    from medtransfer.study.spec import load_study
-
     spec = load_study(study_file, data_root=data_root, trusted=trusted)  # input errors surface here, before training
     from medtransfer.study.leakage import check_study_leakage, save_leakage
 
@@ -363,14 +315,10 @@ def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | 
     finally:
         engine.close()
     if spec.analysis.get("cka"):
-        from medtransfer.study.analysis import run_cka_analysis
-
         started = time.perf_counter()
         outcome["cka"] = run_cka_analysis(study_dir, spec, progress=progress)
         outcome["cka_seconds"] = time.perf_counter() - started
     if report:
-        from medtransfer.study.report import write_report
-
         started = time.perf_counter()
         outcome["report"] = write_report(study_dir, spec)
         outcome["report_seconds"] = time.perf_counter() - started

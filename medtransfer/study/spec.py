@@ -445,8 +445,9 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         _require(_number(content["spatial_dims"], "spatial_dims", int) == spatial_dims,
                  f"spatial_dims {content['spatial_dims']} does not match bundle {bundle_root.name} ({spatial_dims}D)")
     bundle_keys = set(train)
-    for objective in registry.pretrain_objectives(bundle_root):
-        path = registry.pretrain_overlay(bundle_root, objective)
+    wiring = bundle_root / registry.PRETRAIN  # shared by every objective overlay
+    overlays = [registry.pretrain_overlay(bundle_root, objective) for objective in registry.pretrain_objectives(bundle_root)]
+    for path in [wiring, *overlays] if wiring.is_file() else overlays:
         bundle_keys |= {k for k in (yaml.safe_load(path.read_text()) or {}) if "#" not in k and not k.startswith("+")}
     settings = _check_settings(content.get("settings"), "settings", bundle_keys)
     _refuse_config_syntax(settings, "settings", trusted)
@@ -482,7 +483,8 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         _check_fractions([fraction], manifests[source], where)
         stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
         _refuse_config_syntax(stage_settings, f"{where}.settings", trusted)
-        objective_config = yaml.safe_load(registry.pretrain_overlay(bundle_root, objective).read_text())
+        objective_config = {**yaml.safe_load(registry.pretrain_wiring(bundle_root).read_text()),
+                            **yaml.safe_load(registry.pretrain_overlay(bundle_root, objective).read_text())}
         resolved = {**train, **objective_config, **settings, **stage_settings}
         max_epochs = int(resolved["max_epochs"])
         stage = {

@@ -1,4 +1,4 @@
-"""Run folders, resume, and safe weight loading."""
+"""Run folders (written by RunDirectory, read by RunFolder), resume, and safe weight loading."""
 
 from medtransfer.training.precision import (
     PRECISIONS,
@@ -10,7 +10,8 @@ from medtransfer.training.precision import (
     detect_capabilities,
     resolve_precision,
 )
-from medtransfer.training.run_directory import RunDirectory, RunDirectoryError, config_hash, read_run_record
+from medtransfer.training.run_directory import RunDirectory, config_hash
+from medtransfer.training.run_folder import RunDirectoryError, RunFolder, read_run_record
 from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "resolve_precision",
     "RunDirectory",
     "RunDirectoryError",
+    "RunFolder",
     "WeightsError",
     "config_hash",
     "load_weights",

@@ -7,8 +7,6 @@ dict), `checkpoint.pt` (last epoch: model, optimizer, scheduler, engine state �
 
 from __future__ import annotations
 
-from medtransfer.errors import MedtransferError
-
 import hashlib
 import json
 import logging
@@ -20,15 +18,12 @@ from typing import Any
 
 from medtransfer.atomic import save_json
 from medtransfer.folder_lock import LOCK_NAME, FolderLock  # noqa: F401  (re-exported)
+from medtransfer.training.run_folder import RunDirectoryError, read_run_record
 
 logger = logging.getLogger("medtransfer.training")
 
 # Keys that say where or how fast a run executes, not what it computes: left out of the configuration hash.
 MACHINE_KEYS = ("data_root", "device", "num_workers", "output_dir")
-
-
-class RunDirectoryError(MedtransferError, RuntimeError):
-    """The output folder cannot be used as asked (finished run, or a different configuration)."""
 
 
 def config_hash(run_params: dict) -> str:
@@ -69,46 +64,6 @@ def _barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def read_run_record(folder: str | Path) -> dict | None:
-    path = Path(folder) / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise RunDirectoryError(f"{path}: not a readable run record ({type(error).__name__}: {error}); an "
-                                "interrupted write or a damaged file — move it away to start the run afresh") from None
-    if not isinstance(record, dict):
-        raise RunDirectoryError(f"{path}: not a run record (a JSON object), got {type(record).__name__}")
-    return record
-
-
-def finished_segmentation_run(folder: str | Path) -> tuple[dict, Path]:
-    """run.json and model.pt of a finished segmentation run, with the weights' recorded sha256 verified."""
-    from medtransfer.atomic import sha256_of
-
-    folder = Path(folder)
-    record = read_run_record(folder)
-    if record is None:
-        raise RunDirectoryError(f"{folder}: no run.json; give the output folder of a finished training run")
-    if record.get("status") != "finished":
-        raise RunDirectoryError(
-            f"{folder}: the run is not finished (status {record.get('status')!r}); its model.pt is provisional — "
-            "resume it with the same command until run.json says finished"
-        )
-    task = (record.get("config") or {}).get("task", "segmentation")
-    if task != "segmentation":
-        raise RunDirectoryError(
-            f"{folder}: a {task} run; its weights are a starting point for transfer, not a segmentation model"
-        )
-    weights = folder / "model.pt"
-    if not weights.is_file():
-        raise RunDirectoryError(f"{folder}: model.pt is missing")
-    if record.get("model_sha256") and sha256_of(weights) != record["model_sha256"]:
-        raise RunDirectoryError(f"{weights}: sha256 differs from the one run.json recorded; the file was changed")
-    return record, weights
 
 
 class RunDirectory:

@@ -167,9 +167,20 @@ def _top_level(path):
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("name", ["train.yaml", "evaluate.yaml", "inference.yaml"])
+def _config_files(spatial_dims):
+    configs = bundle_dir(spatial_dims) / "configs"
+    return sorted(str(path.relative_to(configs)) for path in configs.rglob("*.yaml"))
+
+
+def test_2d_and_3d_bundles_have_the_same_config_files():
+    assert _config_files(2) == _config_files(3)
+    assert {"train.yaml", "pretrain.yaml", "multi_gpu_train.yaml", "transfer/encoder.yaml"} <= set(_config_files(2))
+
+
+@pytest.mark.parametrize("name", _config_files(2))
 def test_2d_and_3d_bundles_differ_only_in_their_dimension_settings(name):
-    """The two bundles are the same wiring; only these values may differ (logic lives in medtransfer/)."""
+    """The two bundles are the same wiring, overlays included; only these values may differ (logic lives in
+    medtransfer/)."""
     allowed = {"bundle_name", "spatial_dims", "output_dir", "data_manifest", "batch_size", "patch_size", "filters"}
     two, three = (_top_level(bundle_dir(d) / "configs" / name) for d in (2, 3))
     assert set(two) == set(three)

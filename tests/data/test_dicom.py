@@ -14,7 +14,15 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medtransfer.data.dicom import DicomInputError, check_geometry, find_series, read_series, select_series
+from medtransfer.data.dicom import (
+    DicomInputError,
+    SeveralSeriesError,
+    SliceSpacingError,
+    check_geometry,
+    find_series,
+    read_series,
+    select_series,
+)
 
 MR = "dicom_mr_brain_tumor_progression"
 SERIES_WITH_NIFTI = [
@@ -103,6 +111,8 @@ def test_two_series_without_choice_lists_both(test_data, tmp_path):
     for series, description in ((t1, "'T1post'"), (flair, "'FLAIR_reg'")):
         assert series.uid in message and description in message
     assert message.count("files=22") == 2 and message.count("modality=MR") == 2
+    assert isinstance(error.value, SeveralSeriesError)  # callers (segment) read the type, not the text
+    assert sorted(error.value.series_uids) == sorted([t1.uid, flair.uid])
 
     array, meta = read_series(mixed, series_uid=flair.uid)
     assert meta["series"].uid == flair.uid
@@ -122,7 +132,7 @@ def test_missing_middle_slice_is_a_gap(hippo_copy, caplog):
     message = str(error.value)
     assert str(hippo_copy) in message
     assert "gap of 2.000 mm" in message and "19.000 mm (19.dcm)" in message and "21.000 mm (21.dcm)" in message
-    assert "allow_uneven=True" in message
+    assert "allow_uneven=True" in message and isinstance(error.value, SliceSpacingError)
 
     with caplog.at_level(logging.WARNING, logger="medtransfer.data.dicom"):
         array, meta = read_series(hippo_copy, allow_uneven=True)

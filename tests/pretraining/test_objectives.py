@@ -25,7 +25,7 @@ def _pretrain(dims, objective, output, test_data, **extra):
     real = dict(REAL[dims])
     folder = real.pop("folder")
     flow = make_workflow(
-        dims, configs=("train.yaml", f"pretrain/{objective}.yaml"), output_dir=str(output),
+        dims, configs=("train.yaml", "pretrain.yaml", f"pretrain/{objective}.yaml"), output_dir=str(output),
         data_root=str(test_data / folder), max_epochs=2, iterations_per_epoch=ITERATIONS // 2, num_samples=1,
         learning_rate=0.003, checkpoint_epochs=[1], **{**real, **extra},
     )

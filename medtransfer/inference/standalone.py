@@ -230,7 +230,7 @@ def sample_configs() -> list[dict]:
 
     configs = []
     for dims in (2, 3):
-        network = build_dynunet(dims, filters=[4, 8])
+        network = build_dynunet(dims, filters=[4, 8, 16])
         for postprocess in (None, {"method": "keep_largest_component"}):
             configs.append(inference_config(network, {"spatial_dims": dims}, [1.0] * dims, [8] * dims,
                                             postprocess=postprocess))

@@ -276,3 +276,78 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
 def _center_gram(k: torch.Tensor) -> torch.Tensor:
     """H K H with H = I − 11ᵀ/n: the Gram matrix of the column-centred features."""
     return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def bootstrap_minibatch_cka(
+    grams_a: Sequence[torch.Tensor],
+    grams_b: Sequence[torch.Tensor],
+    n_resamples: int = 500,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Bootstrap replicates over the images of the minibatch CKA (:class:`MinibatchCKA`) of one layer pair.
+
+    Each replicate resamples the images of every minibatch with replacement (stratified by minibatch, since
+    the estimator is a sum over minibatches), takes the rows and columns of the precomputed Gram matrices
+    at the drawn indices, and recomputes ``Σ_m HSIC₁(K, L) / sqrt(Σ_m HSIC₁(K, K) · Σ_m HSIC₁(L, L))``. Pairs
+    of copies of one image are treated like the diagonal (set to zero): kept, a duplicate would pair an
+    image with itself, whose linear-kernel value ``||x||²`` dominates in high dimension and drives the
+    replicate towards 1. One minibatch of all ``n`` examples gives the bootstrap of :func:`unbiased_cka`.
+
+    The draws depend only on ``seed`` and the minibatch sizes, so every layer (and every network compared
+    on the same images) gets the same resamples: replicates can be averaged across layers or runs to
+    bootstrap an aggregate.
+
+    Args:
+        grams_a: one ``(n_m, n_m)`` Gram matrix K = XXᵀ per minibatch, representation A (``n_m >= 4``).
+        grams_b: the matching Gram matrices of representation B, same minibatches and order.
+        n_resamples: number of bootstrap replicates.
+        seed: seed of the resampling generator.
+
+    Returns:
+        ``(n_resamples,)`` float64 tensor of replicate CKA values (nan where a replicate is undefined,
+        e.g. all draws of a minibatch are one image). See :func:`percentile_interval`.
+
+    Raises:
+        ValueError: on no minibatches, mismatched Gram matrices, a minibatch under 4 examples, or
+            ``n_resamples < 1``.
+    """
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if len(grams_a) == 0 or len(grams_a) != len(grams_b):
+        raise ValueError(f"expected the same non-zero number of minibatch Gram matrices, got {len(grams_a)} and "
+                         f"{len(grams_b)}")
+    generator = torch.Generator().manual_seed(int(seed))
+    sums = torch.zeros(3, n_resamples, dtype=torch.float64)
+    for ka, kb in zip(grams_a, grams_b):
+        if ka.ndim != 2 or ka.shape[0] != ka.shape[1] or ka.shape != kb.shape:
+            raise ValueError(f"expected two (n, n) Gram matrices, got shapes {tuple(ka.shape)} and {tuple(kb.shape)}")
+        n = ka.shape[0]
+        if n < 4:
+            raise ValueError(f"the unbiased HSIC estimator needs n >= 4 examples per minibatch, got n = {n}")
+        idx = torch.randint(n, (n_resamples, n), generator=generator)
+        same = idx[:, :, None] == idx[:, None, :]  # copies of one image, the diagonal included
+        rows, cols = idx[:, :, None], idx[:, None, :]
+        kt = ka.detach().to(device="cpu", dtype=torch.float64)[rows, cols].masked_fill(same, 0.0)
+        lt = kb.detach().to(device="cpu", dtype=torch.float64)[rows, cols].masked_fill(same, 0.0)
+        sums += torch.stack([_batched_hsic(kt, lt, n), _batched_hsic(kt, kt, n), _batched_hsic(lt, lt, n)])
+    return sums[0] / torch.sqrt(sums[1] * sums[2])
+
+
+def percentile_interval(replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval ``(low, high)`` of the finite replicates; (nan, nan) if none is finite."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    finite = replicates[torch.isfinite(replicates)].to(torch.float64)
+    if finite.numel() == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    low, high = torch.quantile(finite, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def _batched_hsic(kt: torch.Tensor, lt: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`unbiased_hsic` of ``(R, n, n)`` Gram matrices whose diagonals are already zero."""
+    trace_kl = (kt * lt.transpose(1, 2)).sum(dim=(1, 2))
+    sums = kt.sum(dim=(1, 2)) * lt.sum(dim=(1, 2)) / ((n - 1) * (n - 2))
+    cross = (kt.sum(dim=1) * lt.sum(dim=2)).sum(dim=1)
+    return (trace_kl + sums - 2.0 / (n - 2) * cross) / (n * (n - 3))

@@ -271,3 +271,103 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="batch sizes differ"):
         cka.update([torch.randn(8, 3), torch.randn(7, 3)], [torch.randn(8, 3)])
     assert cka.num_batches == 0
+
+
+# --- bootstrap interval over the images ----------------------------------------------------------------
+
+
+def _batch_grams(x: torch.Tensor, batch: int = 8) -> list[torch.Tensor]:
+    return [xb @ xb.T for xb in x.split(batch)]
+
+
+def _bootstrap(x, y, n_resamples=400, seed=0, batch=8):
+    from medtransfer.analysis.cka import bootstrap_minibatch_cka
+
+    return bootstrap_minibatch_cka(_batch_grams(x, batch), _batch_grams(y, batch), n_resamples=n_resamples, seed=seed)
+
+
+def test_bootstrap_interval_contains_the_point_estimate_and_centres_on_it():
+    from medtransfer.analysis.cka import percentile_interval
+
+    x, y = _correlated(64, 200, 150, seed=3, noise=3.0)
+    point = _minibatch_cka(x, y, 8)
+    draws = _bootstrap(x, y)
+    low, high = percentile_interval(draws)
+    assert 0.2 < point < 0.9  # a layer pair that is neither identical nor unrelated
+    assert low < point < high and high - low > 0.02
+    # copies of one image are kept off the diagonal; kept, they would pull every replicate towards 1
+    assert abs(float(draws.mean()) - point) < 0.25 * (high - low)
+
+
+def test_bootstrap_interval_shrinks_with_more_images():
+    from medtransfer.analysis.cka import percentile_interval
+
+    widths = []
+    for n in (16, 256):
+        x, y = _correlated(n, 120, 100, seed=5, noise=3.0)
+        low, high = percentile_interval(_bootstrap(x, y))
+        widths.append(high - low)
+    assert widths[1] < 0.5 * widths[0]  # ~ 1/sqrt(n): 16× the images, a quarter of the width
+
+
+def test_bootstrap_is_deterministic_given_the_seed():
+    x, y = _correlated(32, 60, 40, seed=1, noise=2.0)
+    assert torch.equal(_bootstrap(x, y, seed=7), _bootstrap(x, y, seed=7))
+    assert not torch.equal(_bootstrap(x, y, seed=7), _bootstrap(x, y, seed=8))
+
+
+def test_identical_representations_have_cka_one_and_a_zero_width_interval():
+    from medtransfer.analysis.cka import percentile_interval
+
+    x, _ = _correlated(32, 50, 10, seed=2)
+    draws = _bootstrap(x, x.clone())
+    assert torch.allclose(draws, torch.ones_like(draws), atol=1e-12)
+    low, high = percentile_interval(draws)
+    assert abs(low - 1) < 1e-12 and abs(high - 1) < 1e-12
+
+
+def test_bootstrap_of_one_minibatch_resamples_the_unbiased_cka():
+    """A single group of all n examples is the bootstrap of unbiased_cka; the draws don't depend on the layer."""
+    from medtransfer.analysis.cka import bootstrap_minibatch_cka
+
+    x, y = _correlated(40, 30, 20, seed=4, noise=2.0)
+    one = bootstrap_minibatch_cka([x @ x.T], [y @ y.T], n_resamples=200, seed=0)
+    assert abs(float(one.median()) - float(unbiased_cka(x, y))) < 0.1
+    # same seed, same group sizes → the same images drawn, whatever the features: a replicate of the pair
+    # (x, x) is 1 exactly, so the draws are the ones of the pair's own index sets
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.randint(40, (200, 40), generator=generator)
+    first = idx[0]
+    keep = first[:, None] != first[None, :]
+    kt = (x @ x.T)[first][:, first] * keep
+    lt = (y @ y.T)[first][:, first] * keep
+    expected = unbiased_hsic(kt, lt) / torch.sqrt(unbiased_hsic(kt, kt) * unbiased_hsic(lt, lt))
+    assert torch.allclose(one[0], expected)
+
+
+def test_bootstrap_rejects_bad_input():
+    from medtransfer.analysis.cka import bootstrap_minibatch_cka, percentile_interval
+
+    k = torch.eye(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same non-zero number"):
+        bootstrap_minibatch_cka([k], [k, k])
+    with pytest.raises(ValueError, match="n >= 4"):
+        bootstrap_minibatch_cka([k[:3, :3]], [k[:3, :3]])
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_minibatch_cka([k], [k], n_resamples=0)
+    with pytest.raises(ValueError, match="level"):
+        percentile_interval(torch.ones(3), level=1.5)
+
+
+def test_rsa_from_the_gram_matrices_equals_rsa_on_the_features():
+    """RSA on the representation the CKA uses: the RDM from Gram matrix + row sums is the features' RDM."""
+    from medtransfer.analysis.rsa import rdm, rdm_from_gram, rsa, rsa_within_groups
+
+    x, y = _correlated(24, 40, 30, seed=6, noise=2.0)
+    assert np.allclose(rdm_from_gram(x @ x.T, x.sum(dim=1), x.shape[1]), rdm(x), atol=1e-10)
+    whole = rsa_within_groups([rdm(x)], [rdm(y)])
+    assert abs(whole - rsa(x, y)) < 1e-12
+    groups = rsa_within_groups([rdm(xb) for xb in x.split(8)], [rdm(yb) for yb in y.split(8)])
+    assert -1.0 <= groups <= 1.0 and groups != whole  # 3 × 28 within-group pairs, not all 276
+    with pytest.raises(ValueError, match="constant features"):
+        rdm_from_gram(torch.ones(3, 3) * 4, torch.full((3,), 4.0), 4)

@@ -278,71 +278,77 @@ def _center_gram(k: torch.Tensor) -> torch.Tensor:
     return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
 
 
-def bootstrap_minibatch_cka(
-    grams_a: Sequence[torch.Tensor],
-    grams_b: Sequence[torch.Tensor],
-    n_resamples: int = 500,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Bootstrap replicates over the images of the minibatch CKA (:class:`MinibatchCKA`) of one layer pair.
+def jackknife_minibatch_cka(grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Leave-one-image-out replicates of the minibatch CKA (:class:`MinibatchCKA`) of one layer pair.
 
-    Each replicate resamples the images of every minibatch with replacement (stratified by minibatch, since
-    the estimator is a sum over minibatches), takes the rows and columns of the precomputed Gram matrices
-    at the drawn indices, and recomputes ``Σ_m HSIC₁(K, L) / sqrt(Σ_m HSIC₁(K, K) · Σ_m HSIC₁(L, L))``. Pairs
-    of copies of one image are treated like the diagonal (set to zero): kept, a duplicate would pair an
-    image with itself, whose linear-kernel value ``||x||²`` dominates in high dimension and drives the
-    replicate towards 1. One minibatch of all ``n`` examples gives the bootstrap of :func:`unbiased_cka`.
+    Replicate i drops image i from its minibatch (the row and column i of that minibatch's precomputed Gram
+    matrices) and recomputes ``Σ_m HSIC₁(K, L) / sqrt(Σ_m HSIC₁(K, K) · Σ_m HSIC₁(L, L))``; see
+    :func:`jackknife_interval`. The delete-one jackknife is the classical variance estimate for U-statistics
+    (Arvesen 1969) and smooth functions of them. A bootstrap with replacement is not used: a drawn image's
+    copies pair it with itself inside the U-statistic (HSIC₁'s 3- and 4-index terms), which turns part of
+    it into the biased estimator and, at the 8 images of a minibatch, moved whole replicate distributions
+    away from the estimate (measured on DynUNet features: estimate 0.48, bootstrap 95 % range 0.49–0.90).
 
-    The draws depend only on ``seed`` and the minibatch sizes, so every layer (and every network compared
-    on the same images) gets the same resamples: replicates can be averaged across layers or runs to
-    bootstrap an aggregate.
+    Replicates are ordered image by image (minibatch by minibatch), so layers or runs compared on the same
+    images can be averaged replicate-wise to get the jackknife of an aggregate. Images of a minibatch of
+    exactly 4 (the estimator's minimum) cannot be left out and get no replicate.
 
     Args:
         grams_a: one ``(n_m, n_m)`` Gram matrix K = XXᵀ per minibatch, representation A (``n_m >= 4``).
         grams_b: the matching Gram matrices of representation B, same minibatches and order.
-        n_resamples: number of bootstrap replicates.
-        seed: seed of the resampling generator.
 
     Returns:
-        ``(n_resamples,)`` float64 tensor of replicate CKA values (nan where a replicate is undefined,
-        e.g. all draws of a minibatch are one image). See :func:`percentile_interval`.
+        ``(Σ_m n_m,)`` float64 tensor (images of 4-example minibatches excluded); nan where undefined.
 
     Raises:
-        ValueError: on no minibatches, mismatched Gram matrices, a minibatch under 4 examples, or
-            ``n_resamples < 1``.
+        ValueError: on no minibatches, mismatched Gram matrices or a minibatch under 4 examples.
     """
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if len(grams_a) == 0 or len(grams_a) != len(grams_b):
         raise ValueError(f"expected the same non-zero number of minibatch Gram matrices, got {len(grams_a)} and "
                          f"{len(grams_b)}")
-    generator = torch.Generator().manual_seed(int(seed))
-    sums = torch.zeros(3, n_resamples, dtype=torch.float64)
+    pairs = []
     for ka, kb in zip(grams_a, grams_b):
         if ka.ndim != 2 or ka.shape[0] != ka.shape[1] or ka.shape != kb.shape:
             raise ValueError(f"expected two (n, n) Gram matrices, got shapes {tuple(ka.shape)} and {tuple(kb.shape)}")
+        if ka.shape[0] < 4:
+            raise ValueError(f"the unbiased HSIC estimator needs n >= 4 examples per minibatch, got n = {ka.shape[0]}")
+        pairs.append((ka.detach().to(device="cpu", dtype=torch.float64), kb.detach().to(device="cpu", dtype=torch.float64)))
+    full = torch.stack([torch.stack([unbiased_hsic(ka, kb), unbiased_hsic(ka, ka), unbiased_hsic(kb, kb)])
+                        for ka, kb in pairs])  # (batches, 3)
+    total = full.sum(dim=0)
+    replicates = []
+    for m, (ka, kb) in enumerate(pairs):
         n = ka.shape[0]
-        if n < 4:
-            raise ValueError(f"the unbiased HSIC estimator needs n >= 4 examples per minibatch, got n = {n}")
-        idx = torch.randint(n, (n_resamples, n), generator=generator)
-        same = idx[:, :, None] == idx[:, None, :]  # copies of one image, the diagonal included
-        rows, cols = idx[:, :, None], idx[:, None, :]
-        kt = ka.detach().to(device="cpu", dtype=torch.float64)[rows, cols].masked_fill(same, 0.0)
-        lt = kb.detach().to(device="cpu", dtype=torch.float64)[rows, cols].masked_fill(same, 0.0)
-        sums += torch.stack([_batched_hsic(kt, lt, n), _batched_hsic(kt, kt, n), _batched_hsic(lt, lt, n)])
-    return sums[0] / torch.sqrt(sums[1] * sums[2])
+        if n - 1 < 4:
+            continue
+        keep = ~torch.eye(n, dtype=torch.bool)
+        index = torch.arange(n)
+        rest = torch.stack([index[keep[i]] for i in range(n)])  # (n, n-1): the images left when i is dropped
+        kt = ka[rest[:, :, None], rest[:, None, :]]
+        lt = kb[rest[:, :, None], rest[:, None, :]]
+        off = ~torch.eye(n - 1, dtype=torch.bool)
+        kt, lt = kt * off, lt * off
+        without = torch.stack([_batched_hsic(kt, lt, n - 1), _batched_hsic(kt, kt, n - 1), _batched_hsic(lt, lt, n - 1)], 1)
+        sums = total - full[m] + without  # (n, 3)
+        replicates.append(sums[:, 0] / torch.sqrt(sums[:, 1] * sums[:, 2]))
+    return torch.cat(replicates) if replicates else torch.empty(0, dtype=torch.float64)
 
 
-def percentile_interval(replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval ``(low, high)`` of the finite replicates; (nan, nan) if none is finite."""
+def jackknife_interval(estimate: float, replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
+    """Normal interval ``estimate ± z · se`` with the delete-one jackknife standard error of the replicates,
+    ``se² = (n−1)/n · Σ (θ₍ᵢ₎ − θ̄)²`` (Efron & Stein 1981). (nan, nan) with fewer than 2 finite replicates.
+    The upper end is capped at 1 (CKA ≤ 1)."""
+    from statistics import NormalDist
+
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     finite = replicates[torch.isfinite(replicates)].to(torch.float64)
-    if finite.numel() == 0:
+    n = finite.numel()
+    if n < 2 or estimate is None or not torch.isfinite(torch.tensor(float(estimate))):
         return float("nan"), float("nan")
-    tail = (1.0 - level) / 2.0
-    low, high = torch.quantile(finite, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
-    return low, high
+    se = float(torch.sqrt((n - 1) / n * (finite - finite.mean()).square().sum()))
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    return float(estimate) - z * se, min(1.0, float(estimate) + z * se)
 
 
 def _batched_hsic(kt: torch.Tensor, lt: torch.Tensor, n: int) -> torch.Tensor:

@@ -26,10 +26,10 @@ RSA (optional) is computed on the same representation and the same example pairs
 matrices and row sums the CKA already forms, :func:`~medtransfer.analysis.rsa.rdm_from_gram`); in ``"pool"``
 mode on the pooled vectors over all pairs.
 
-Uncertainty: each level's CKA gets a percentile bootstrap interval over the images
-(:func:`~medtransfer.analysis.cka.bootstrap_minibatch_cka`: images resampled with replacement within each
-minibatch, the stored Gram matrices re-indexed, ``n_resamples`` seeded replicates). The replicates are kept
-in the rows (``cka_bootstrap``) so aggregates over levels or runs on the same images can be bootstrapped too.
+Uncertainty: each level's CKA gets a 95 % interval over the images from the delete-one jackknife
+(:func:`~medtransfer.analysis.cka.jackknife_minibatch_cka`: each image left out of its minibatch in turn,
+the stored Gram matrices re-indexed; why not a bootstrap with replacement: see there). The replicates are
+kept in the rows (``cka_jackknife``) so aggregates over levels or runs on the same images get intervals too.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.analysis.cka import (MinibatchCKA, _gram, bootstrap_minibatch_cka, percentile_interval,
+from medtransfer.analysis.cka import (MinibatchCKA, _gram, jackknife_interval, jackknife_minibatch_cka,
                                       unbiased_cka, unbiased_hsic)
 from medtransfer.analysis.features import FeatureRecorder, layer_names
 from medtransfer.analysis.rsa import rdm_from_gram, rsa, rsa_within_groups
@@ -345,8 +345,7 @@ def layer_cka(
     mode: str = "flatten",
     with_rsa: bool = True,
     device: str | torch.device | None = None,
-    n_resamples: int = 500,
-    bootstrap_seed: int = 0,
+    uncertainty: bool = True,
 ) -> list[dict]:
     """Per-level CKA (and RSA) between two networks of the same family on the same images.
 
@@ -362,14 +361,12 @@ def layer_cka(
             average per example, unbiased CKA over all examples; any batch sizes). See the module doc.
         with_rsa: also compute RSA on the representation the CKA uses (see the module doc).
         device: where images go; default the device of ``model_a``'s parameters.
-        n_resamples: bootstrap replicates over the images for the CKA interval; 0 for none.
-        bootstrap_seed: seed of the bootstrap draws (the same for every level).
+        uncertainty: compute the jackknife replicates and the 95 % interval of each level's CKA.
 
     Returns:
         One dict per level, forward order: ``{"layer", "part", "cka", "cka_ci_low", "cka_ci_high",
-        "cka_bootstrap", "rsa", "n_examples", "n_batches", "mode", "dropped_examples", "n_resamples"}``
-        (``rsa`` None without ``with_rsa``; the interval None and ``cka_bootstrap`` empty without resamples;
-        the interval is the 95 % percentile interval of the replicates ``cka_bootstrap``).
+        "cka_jackknife", "rsa", "n_examples", "n_batches", "mode", "dropped_examples"}`` (``rsa`` None
+        without ``with_rsa``; the interval None and ``cka_jackknife`` empty without ``uncertainty``).
     """
     if mode not in CKA_MODES:
         raise CompareError(f"unknown CKA mode {mode!r}; expected one of {CKA_MODES}")
@@ -384,7 +381,7 @@ def layer_cka(
     minibatch = MinibatchCKA(len(names), len(names)) if mode == "flatten" else None
     pooled_a: dict[str, list] = {n: [] for n in names}
     pooled_b: dict[str, list] = {n: [] for n in names}
-    batch_grams_a: dict[str, list] = {n: [] for n in names}  # per minibatch, for the bootstrap
+    batch_grams_a: dict[str, list] = {n: [] for n in names}  # per minibatch, for the jackknife
     batch_grams_b: dict[str, list] = {n: [] for n in names}
     rdms_a: dict[str, list] = {n: [] for n in names}  # per minibatch, for RSA on the flattened maps
     rdms_b: dict[str, list] = {n: [] for n in names}
@@ -452,20 +449,20 @@ def layer_cka(
             except ValueError as error:  # constant features: correlation undefined
                 logger.warning("RSA of %s undefined: %s", name, error)
         low = high = None
-        replicates: list[float] = []
-        if n_resamples > 0:
+        replicates: list[float | None] = []
+        if uncertainty:
             if mode == "flatten":
                 ka, kb = batch_grams_a[name], batch_grams_b[name]
             else:
                 ka, kb = [_gram(torch.cat(pooled_a[name]))], [_gram(torch.cat(pooled_b[name]))]
-            draws = bootstrap_minibatch_cka(ka, kb, n_resamples=n_resamples, seed=bootstrap_seed)
-            low, high = (_finite(v) for v in percentile_interval(draws, CKA_CI_LEVEL))
-            replicates = [round(v, 6) if math.isfinite(v) else None for v in draws.tolist()]
+            draws = jackknife_minibatch_cka(ka, kb)
+            if _finite(value) is not None:
+                low, high = (_finite(v) for v in jackknife_interval(value, draws, CKA_CI_LEVEL))
+            replicates = [v if math.isfinite(v) else None for v in draws.tolist()]
         rows.append({
             "layer": name, "part": part_of(name, table), "cka": _finite(value), "cka_ci_low": low,
-            "cka_ci_high": high, "cka_bootstrap": replicates, "rsa": _finite(rsa_value),
+            "cka_ci_high": high, "cka_jackknife": replicates, "rsa": _finite(rsa_value),
             "n_examples": n_examples, "n_batches": n_batches, "mode": mode, "dropped_examples": dropped,
-            "n_resamples": n_resamples,
         })
     return rows
 
@@ -547,7 +544,7 @@ def write_cka_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["comparison", "layer", "part", "cka", "cka_ci_low", "cka_ci_high", "rsa", "n_examples", "n_batches",
-              "mode", "dropped_examples", "n_resamples"]
+              "mode", "dropped_examples"]
     csv_path = out / "cka.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
@@ -597,13 +594,12 @@ def run_cka_summary(
     mode: str = "flatten",
     other_seed_runs: Sequence[str | Path] = (),
     random_seed: int = 12345,
-    n_resamples: int = 500,
-    bootstrap_seed: int = 0,
+    uncertainty: bool = True,
 ) -> dict[str, list[dict]]:
     """For a study's ``analysis: {cka: true}``: one fine-tuned run against its starting weights, a random
     network, and the runs of the same cell with other seeds. ``{comparison name: layer_cka rows}``."""
     trained = load_network(run_dir)
-    boot = {"n_resamples": n_resamples, "bootstrap_seed": bootstrap_seed}
+    boot = {"uncertainty": uncertainty}
     result = {
         "vs start": layer_cka(trained, starting_network(run_dir), batches, layers, mode, **boot),
         "vs random": layer_cka(trained, random_network(trained, random_seed), batches, layers, mode, **boot),

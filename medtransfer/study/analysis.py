@@ -27,7 +27,7 @@ logger = logging.getLogger("medtransfer.study")
 
 CKA_FOLDER = "cka"
 COMPARISONS = ("vs start", "vs random", "across seeds")
-CKA_BOOTSTRAP = {"n_resamples": 500, "seed": 0}  # image bootstrap of each layer's CKA (same draws for every run)
+CKA_UNCERTAINTY = "jackknife-images-v1"  # each layer's CKA interval: delete-one-image jackknife (see layer_cka)
 
 
 def _cell(run: Run) -> tuple:
@@ -65,7 +65,7 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
     for run, record in finished:
         partners = sorted(other.run_id for other in by_cell[_cell(run)] if other.run_id != run.run_id)
         key = {"model_sha256": record.get("model_sha256"), "partners": partners, "images": settings["cka_images"],
-               "layers": settings["cka_layers"], "mode": settings["cka_mode"], "bootstrap": CKA_BOOTSTRAP}
+               "layers": settings["cka_layers"], "mode": settings["cka_mode"], "uncertainty": CKA_UNCERTAINTY}
         previous = read_json(run_dir(study_dir, run) / CKA_FOLDER / "cka.json")
         if previous and (previous.get("meta") or {}).get("key") == key:
             outcome["reused"] += 1
@@ -88,8 +88,7 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
                                                        divisor=divisor)
             result = run_cka_summary(folder, batches_by_shape[size], layers=settings["cka_layers"],
                                      mode=settings["cka_mode"],
-                                     other_seed_runs=[run_dir(study_dir, p) for p in partners],
-                                     n_resamples=CKA_BOOTSTRAP["n_resamples"], bootstrap_seed=CKA_BOOTSTRAP["seed"])
+                                     other_seed_runs=[run_dir(study_dir, p) for p in partners])
             write_cka_report(result, folder / CKA_FOLDER, title=f"{run.run_id}: layer CKA",
                              meta={"key": key, "run_id": run.run_id, "objective": run.objective,
                                    "strategy": run.strategy, "fraction": run.fraction, "seed": run.seed,
@@ -104,12 +103,13 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
 
 def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
     """Mean CKA per (objective, strategy, fraction, comparison, layer) over the cell's seeds (and seed pairs),
-    with 95 % bootstrap intervals over the test images.
+    with 95 % intervals over the test images (delete-one-image jackknife).
 
-    Every run of a study is compared on the same seeded images with the same bootstrap seed, so replicate r
-    of every run and level resamples the same images: the replicates are averaged across the cell's runs
-    (and, for ``part_*``, across the part's levels) and the interval is the percentile interval of those
-    averages. It reflects the sampling of images, with the cell's seeds held fixed. Columns ``ci_low``,
+    Every run of a study is compared on the same seeded images in the same minibatches, so jackknife
+    replicate i of every run and level leaves out the same image: the replicates are averaged across the
+    cell's runs (and, for ``part_*``, across the part's levels), which is the jackknife of the averaged
+    CKA, and the interval is :func:`~medtransfer.analysis.cka.jackknife_interval` of those averages. It
+    reflects the sampling of images, with the cell's seeds held fixed. Columns ``ci_low``,
     ``ci_high``: the layer's mean; ``part_cka``, ``part_ci_low``, ``part_ci_high``: the mean over the levels
     of the row's part (encoder/decoder) in that cell and comparison. Intervals are None for runs computed
     without replicates (older cka.json files)."""
@@ -118,7 +118,7 @@ def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
     import numpy as np
     import torch
 
-    from medtransfer.analysis.cka import percentile_interval
+    from medtransfer.analysis.cka import jackknife_interval
     from medtransfer.analysis.compare import CKA_CI_LEVEL
     from medtransfer.study.runner import read_json, run_dir
 
@@ -137,7 +137,7 @@ def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
                     continue
                 key = (run.objective, run.strategy, run.fraction, group, row["layer"])
                 values[key].append(float(row["cka"]))
-                draws[key].append(row.get("cka_bootstrap") or None)
+                draws[key].append(row.get("cka_jackknife") or None)
                 parts[row["layer"]] = row.get("part")
                 order.setdefault(row["layer"], len(order))
 
@@ -146,10 +146,10 @@ def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
             return None
         return np.mean(np.array(lists, dtype=np.float64), axis=0)  # None (undefined) → nan
 
-    def interval(replicates: np.ndarray | None) -> tuple:
+    def interval(point: float, replicates: np.ndarray | None) -> tuple:
         if replicates is None:
             return None, None
-        low, high = percentile_interval(torch.from_numpy(replicates), CKA_CI_LEVEL)
+        low, high = jackknife_interval(point, torch.from_numpy(replicates), CKA_CI_LEVEL)
         return (low if math.isfinite(low) else None), (high if math.isfinite(high) else None)
 
     layer_draws = {key: mean_replicates(d) for key, d in draws.items()}
@@ -161,10 +161,10 @@ def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
         stacked = [layer_draws[k] for k in keys]
         replicates = None if any(d is None for d in stacked) else np.mean(stacked, axis=0)
         point = sum(sum(values[k]) / len(values[k]) for k in keys) / len(keys)
-        part_stats[part_key] = (point, *interval(replicates))
+        part_stats[part_key] = (point, *interval(point, replicates))
     table = []
     for (objective, strategy, fraction, group, layer), cka in values.items():
-        low, high = interval(layer_draws[(objective, strategy, fraction, group, layer)])
+        low, high = interval(sum(cka) / len(cka), layer_draws[(objective, strategy, fraction, group, layer)])
         part_cka, part_low, part_high = part_stats[(objective, strategy, fraction, group, parts[layer])]
         table.append({"objective": objective, "strategy": strategy, "fraction": fraction, "comparison": group,
                       "layer": layer, "part": parts[layer], "cka": sum(cka) / len(cka), "ci_low": low,

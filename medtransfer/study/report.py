@@ -294,8 +294,8 @@ def _cka_markdown(table: list[dict]) -> list[str]:
              "test images: *vs start* = the fine-tuned network against the weights it started from (1 = the layer "
              "did not change its representation), *vs random* = against a randomly initialised network, *across "
              "seeds* = between runs of the same cell. Columns: mean over the encoder / decoder levels, with a 95 % "
-             "percentile bootstrap interval over the test images (images resampled with replacement, the same "
-             "draws for every run and level, replicates averaged like the estimate; the cell's seeds held fixed). "
+             "interval over the test images (delete-one-image jackknife, replicates averaged like the estimate; "
+             "the cell's seeds held fixed; a bootstrap with replacement is biased for this U-statistic). "
              "RSA (Spearman correlation of correlation-distance RDMs) is computed on the same flattened maps and "
              "the same within-minibatch image pairs as the CKA; it is in each run's cka.csv.", "",
              "| objective | strategy | fraction | " + " | ".join(f"{c} enc | {c} dec" for c in COMPARISONS) + " |",

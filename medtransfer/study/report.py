@@ -296,8 +296,9 @@ def _cka_markdown(table: list[dict]) -> list[str]:
              "seeds* = between runs of the same cell. Columns: mean over the encoder / decoder levels, with a 95 % "
              "interval over the test images (delete-one-image jackknife, replicates averaged like the estimate; "
              "the cell's seeds held fixed; a bootstrap with replacement is biased for this U-statistic). "
-             "RSA (Spearman correlation of correlation-distance RDMs) is computed on the same flattened maps and "
-             "the same within-minibatch image pairs as the CKA; it is in each run's cka.csv.", "",
+             "RSA (Spearman correlation of correlation-distance RDMs) is computed on the same representation as the "
+             "CKA (flattened maps and the same within-minibatch image pairs; pooled vectors in `pool` mode); it is "
+             "in each run's cka.csv.", "",
              "| objective | strategy | fraction | " + " | ".join(f"{c} enc | {c} dec" for c in COMPARISONS) + " |",
              "|---|---|---:|" + "---:|---:|" * len(COMPARISONS)]
     cells: dict[tuple, dict] = defaultdict(dict)

@@ -276,3 +276,84 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
 def _center_gram(k: torch.Tensor) -> torch.Tensor:
     """H K H with H = I − 11ᵀ/n: the Gram matrix of the column-centred features."""
     return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def jackknife_minibatch_cka(grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Leave-one-image-out replicates of the minibatch CKA (:class:`MinibatchCKA`) of one layer pair.
+
+    Replicate i drops image i from its minibatch (the row and column i of that minibatch's precomputed Gram
+    matrices) and recomputes ``Σ_m HSIC₁(K, L) / sqrt(Σ_m HSIC₁(K, K) · Σ_m HSIC₁(L, L))``; see
+    :func:`jackknife_interval`. The delete-one jackknife is the classical variance estimate for U-statistics
+    (Arvesen 1969) and smooth functions of them. A bootstrap with replacement is not used: a drawn image's
+    copies pair it with itself inside the U-statistic (HSIC₁'s 3- and 4-index terms), which turns part of
+    it into the biased estimator and, at the 8 images of a minibatch, moved whole replicate distributions
+    away from the estimate (measured on DynUNet features: estimate 0.48, bootstrap 95 % range 0.49–0.90).
+
+    Replicates are ordered image by image (minibatch by minibatch), so layers or runs compared on the same
+    images can be averaged replicate-wise to get the jackknife of an aggregate. Images of a minibatch of
+    exactly 4 (the estimator's minimum) cannot be left out and get no replicate.
+
+    Args:
+        grams_a: one ``(n_m, n_m)`` Gram matrix K = XXᵀ per minibatch, representation A (``n_m >= 4``).
+        grams_b: the matching Gram matrices of representation B, same minibatches and order.
+
+    Returns:
+        ``(Σ_m n_m,)`` float64 tensor (images of 4-example minibatches excluded); nan where undefined.
+
+    Raises:
+        ValueError: on no minibatches, mismatched Gram matrices or a minibatch under 4 examples.
+    """
+    if len(grams_a) == 0 or len(grams_a) != len(grams_b):
+        raise ValueError(f"expected the same non-zero number of minibatch Gram matrices, got {len(grams_a)} and "
+                         f"{len(grams_b)}")
+    pairs = []
+    for ka, kb in zip(grams_a, grams_b):
+        if ka.ndim != 2 or ka.shape[0] != ka.shape[1] or ka.shape != kb.shape:
+            raise ValueError(f"expected two (n, n) Gram matrices, got shapes {tuple(ka.shape)} and {tuple(kb.shape)}")
+        if ka.shape[0] < 4:
+            raise ValueError(f"the unbiased HSIC estimator needs n >= 4 examples per minibatch, got n = {ka.shape[0]}")
+        pairs.append((ka.detach().to(device="cpu", dtype=torch.float64), kb.detach().to(device="cpu", dtype=torch.float64)))
+    full = torch.stack([torch.stack([unbiased_hsic(ka, kb), unbiased_hsic(ka, ka), unbiased_hsic(kb, kb)])
+                        for ka, kb in pairs])  # (batches, 3)
+    total = full.sum(dim=0)
+    replicates = []
+    for m, (ka, kb) in enumerate(pairs):
+        n = ka.shape[0]
+        if n - 1 < 4:
+            continue
+        keep = ~torch.eye(n, dtype=torch.bool)
+        index = torch.arange(n)
+        rest = torch.stack([index[keep[i]] for i in range(n)])  # (n, n-1): the images left when i is dropped
+        kt = ka[rest[:, :, None], rest[:, None, :]]
+        lt = kb[rest[:, :, None], rest[:, None, :]]
+        off = ~torch.eye(n - 1, dtype=torch.bool)
+        kt, lt = kt * off, lt * off
+        without = torch.stack([_batched_hsic(kt, lt, n - 1), _batched_hsic(kt, kt, n - 1), _batched_hsic(lt, lt, n - 1)], 1)
+        sums = total - full[m] + without  # (n, 3)
+        replicates.append(sums[:, 0] / torch.sqrt(sums[:, 1] * sums[:, 2]))
+    return torch.cat(replicates) if replicates else torch.empty(0, dtype=torch.float64)
+
+
+def jackknife_interval(estimate: float, replicates: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
+    """Normal interval ``estimate ± z · se`` with the delete-one jackknife standard error of the replicates,
+    ``se² = (n−1)/n · Σ (θ₍ᵢ₎ − θ̄)²`` (Efron & Stein 1981). (nan, nan) with fewer than 2 finite replicates.
+    The upper end is capped at 1 (CKA ≤ 1)."""
+    from statistics import NormalDist
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    finite = replicates[torch.isfinite(replicates)].to(torch.float64)
+    n = finite.numel()
+    if n < 2 or estimate is None or not torch.isfinite(torch.tensor(float(estimate))):
+        return float("nan"), float("nan")
+    se = float(torch.sqrt((n - 1) / n * (finite - finite.mean()).square().sum()))
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    return float(estimate) - z * se, min(1.0, float(estimate) + z * se)
+
+
+def _batched_hsic(kt: torch.Tensor, lt: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`unbiased_hsic` of ``(R, n, n)`` Gram matrices whose diagonals are already zero."""
+    trace_kl = (kt * lt.transpose(1, 2)).sum(dim=(1, 2))
+    sums = kt.sum(dim=(1, 2)) * lt.sum(dim=(1, 2)) / ((n - 1) * (n - 2))
+    cross = (kt.sum(dim=1) * lt.sum(dim=2)).sum(dim=1)
+    return (trace_kl + sums - 2.0 / (n - 2) * cross) / (n * (n - 3))

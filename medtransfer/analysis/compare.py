@@ -21,9 +21,15 @@ Feature modes (``mode``):
   the unbiased CKA. Translation invariant; with instance normalisation (DynUNet) the pooled vectors vary
   little between images, so prefer ``"flatten"`` for DynUNet.
 
-RSA (optional) needs all n examples at once; it is computed on each map average-pooled to a coarse grid of
-``RSA_GRID`` cells per axis (n × C·4^d floats), which keeps some spatial layout where global pooling after
-instance normalisation would leave almost nothing to compare.
+RSA (optional) is computed on the same representation and the same example pairs as the CKA: in
+``"flatten"`` mode on the flattened maps, over the pairs within each minibatch (the RDMs come from the Gram
+matrices and row sums the CKA already forms, :func:`~medtransfer.analysis.rsa.rdm_from_gram`); in ``"pool"``
+mode on the pooled vectors over all pairs.
+
+Uncertainty: each level's CKA gets a 95 % interval over the images from the delete-one jackknife
+(:func:`~medtransfer.analysis.cka.jackknife_minibatch_cka`: each image left out of its minibatch in turn,
+the stored Gram matrices re-indexed; why not a bootstrap with replacement: see there). The replicates are
+kept in the rows (``cka_jackknife``) so aggregates over levels or runs on the same images get intervals too.
 """
 
 from __future__ import annotations
@@ -31,20 +37,20 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import DivisiblePadd, ResizeWithPadOrCropd
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from medtransfer.analysis.cka import MinibatchCKA, _gram, unbiased_cka, unbiased_hsic
+from medtransfer.analysis.cka import (MinibatchCKA, _gram, jackknife_interval, jackknife_minibatch_cka,
+                                      unbiased_cka, unbiased_hsic)
 from medtransfer.analysis.features import FeatureRecorder, layer_names
-from medtransfer.analysis.rsa import rsa
+from medtransfer.analysis.rsa import rdm_from_gram, rsa, rsa_within_groups
 from medtransfer.atomic import save_json
 from medtransfer.data import eval_transforms, open_manifest
 from medtransfer.errors import MedtransferError
@@ -58,7 +64,7 @@ logger = logging.getLogger("medtransfer.analysis")
 
 CKA_MODES = ("flatten", "pool")
 MIN_BATCH = 4  # the unbiased HSIC estimator needs n >= 4 per minibatch
-RSA_GRID = 4  # RSA features: each map average-pooled to RSA_GRID cells per spatial axis
+CKA_CI_LEVEL = 0.95
 
 
 class CompareError(MedtransferError, ValueError):
@@ -311,6 +317,7 @@ def layer_cka(
     mode: str = "flatten",
     with_rsa: bool = True,
     device: str | torch.device | None = None,
+    uncertainty: bool = True,
 ) -> list[dict]:
     """Per-level CKA (and RSA) between two networks of the same family on the same images.
 
@@ -324,12 +331,14 @@ def layer_cka(
         layers: ``"encoder"``, ``"decoder"``, ``"all"`` or explicit level names.
         mode: ``"flatten"`` (minibatch CKA; batches of >= 4 equal-size images) or ``"pool"`` (global
             average per example, unbiased CKA over all examples; any batch sizes). See the module doc.
-        with_rsa: also compute RSA on coarse-grid pooled features (all examples kept: n × C·4^d floats).
+        with_rsa: also compute RSA on the representation the CKA uses (see the module doc).
         device: where images go; default the device of ``model_a``'s parameters.
+        uncertainty: compute the jackknife replicates and the 95 % interval of each level's CKA.
 
     Returns:
-        One dict per level, forward order: ``{"layer", "part", "cka", "rsa", "n_examples", "n_batches",
-        "mode", "dropped_examples"}`` (``rsa`` None without ``with_rsa``).
+        One dict per level, forward order: ``{"layer", "part", "cka", "cka_ci_low", "cka_ci_high",
+        "cka_jackknife", "rsa", "n_examples", "n_batches", "mode", "dropped_examples"}`` (``rsa`` None
+        without ``with_rsa``; the interval None and ``cka_jackknife`` empty without ``uncertainty``).
     """
     if mode not in CKA_MODES:
         raise CompareError(f"unknown CKA mode {mode!r}; expected one of {CKA_MODES}")
@@ -344,8 +353,11 @@ def layer_cka(
     minibatch = MinibatchCKA(len(names), len(names)) if mode == "flatten" else None
     pooled_a: dict[str, list] = {n: [] for n in names}
     pooled_b: dict[str, list] = {n: [] for n in names}
-    grid_a: dict[str, list] = {n: [] for n in names}
-    grid_b: dict[str, list] = {n: [] for n in names}
+    batch_grams_a: dict[str, list] = {n: [] for n in names}  # per minibatch, for the jackknife
+    batch_grams_b: dict[str, list] = {n: [] for n in names}
+    rdms_a: dict[str, list] = {n: [] for n in names}  # per minibatch, for RSA on the flattened maps
+    rdms_b: dict[str, list] = {n: [] for n in names}
+    rsa_errors: dict[str, str] = {}
     grams_a: dict[str, torch.Tensor] = {}
     grams_b: dict[str, torch.Tensor] = {}
     n_examples = n_batches = dropped = 0
@@ -357,16 +369,24 @@ def layer_cka(
                 continue
             # one network's features at a time: each is reduced (Gram matrix, pooled vectors) before the other
             # runs, so peak memory is one network's features of one minibatch
-            for net, pooled, grid, grams in ((net_a, pooled_a, grid_a, grams_a), (net_b, pooled_b, grid_b, grams_b)):
+            for net, pooled, grams, history, rdms in ((net_a, pooled_a, grams_a, batch_grams_a, rdms_a),
+                                                      (net_b, pooled_b, grams_b, batch_grams_b, rdms_b)):
                 features = _record(net, names, images)
                 for name in names:
                     fmap = features.pop(name)
                     if mode == "flatten":
-                        grams[name] = _gram(fmap.reshape(fmap.shape[0], -1))
+                        flat = fmap.reshape(fmap.shape[0], -1)
+                        grams[name] = _gram(flat)
+                        history[name].append(grams[name].cpu())
+                        if with_rsa and name not in rsa_errors:
+                            try:
+                                rdms[name].append(rdm_from_gram(grams[name], flat.sum(dim=1, dtype=torch.float64),
+                                                                flat.shape[1]))
+                            except ValueError as error:  # constant features: correlation undefined
+                                rsa_errors[name] = str(error)
+                        del flat
                     else:
                         pooled[name].append(_global_pool(fmap))
-                    if with_rsa:
-                        grid[name].append(_grid_pool(fmap))
                     del fmap
                 del features
             if minibatch is not None:
@@ -392,11 +412,28 @@ def layer_cka(
         rsa_value = None
         if with_rsa and n_examples >= 3:
             try:
-                rsa_value = rsa(torch.cat(grid_a[name]), torch.cat(grid_b[name]))
+                if name in rsa_errors:
+                    raise ValueError(rsa_errors[name])
+                if mode == "flatten":
+                    rsa_value = rsa_within_groups(rdms_a[name], rdms_b[name])
+                else:
+                    rsa_value = rsa(torch.cat(pooled_a[name]), torch.cat(pooled_b[name]))
             except ValueError as error:  # constant features: correlation undefined
                 logger.warning("RSA of %s undefined: %s", name, error)
+        low = high = None
+        replicates: list[float | None] = []
+        if uncertainty:
+            if mode == "flatten":
+                ka, kb = batch_grams_a[name], batch_grams_b[name]
+            else:
+                ka, kb = [_gram(torch.cat(pooled_a[name]))], [_gram(torch.cat(pooled_b[name]))]
+            draws = jackknife_minibatch_cka(ka, kb)
+            if _finite(value) is not None:
+                low, high = (_finite(v) for v in jackknife_interval(value, draws, CKA_CI_LEVEL))
+            replicates = [v if math.isfinite(v) else None for v in draws.tolist()]
         rows.append({
-            "layer": name, "part": part_of(name, table), "cka": _finite(value), "rsa": _finite(rsa_value),
+            "layer": name, "part": part_of(name, table), "cka": _finite(value), "cka_ci_low": low,
+            "cka_ci_high": high, "cka_jackknife": replicates, "rsa": _finite(rsa_value),
             "n_examples": n_examples, "n_batches": n_batches, "mode": mode, "dropped_examples": dropped,
         })
     return rows
@@ -410,12 +447,6 @@ def _record(model: nn.Module, names: list[str], images: torch.Tensor) -> dict[st
 
 def _global_pool(t: torch.Tensor) -> torch.Tensor:
     return t.mean(dim=tuple(range(2, t.ndim))).to(device="cpu", dtype=torch.float64)
-
-
-def _grid_pool(t: torch.Tensor) -> torch.Tensor:
-    pool = F.adaptive_avg_pool2d if t.ndim == 4 else F.adaptive_avg_pool3d
-    grid = [min(RSA_GRID, s) for s in t.shape[2:]]
-    return pool(t.float(), grid).flatten(1).to(device="cpu", dtype=torch.float64)
 
 
 def _images(batch) -> torch.Tensor:
@@ -479,7 +510,8 @@ def write_cka_report(
     comparisons = {"A vs B": list(table)} if not isinstance(table, Mapping) else {k: list(v) for k, v in table.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["comparison", "layer", "part", "cka", "rsa", "n_examples", "n_batches", "mode", "dropped_examples"]
+    fields = ["comparison", "layer", "part", "cka", "cka_ci_low", "cka_ci_high", "rsa", "n_examples", "n_batches",
+              "mode", "dropped_examples"]
     csv_path = out / "cka.csv"
     with open(csv_path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
@@ -529,15 +561,18 @@ def run_cka_summary(
     mode: str = "flatten",
     other_seed_runs: Sequence[str | Path] = (),
     random_seed: int = 12345,
+    uncertainty: bool = True,
 ) -> dict[str, list[dict]]:
     """For a study's ``analysis: {cka: true}``: one fine-tuned run against its starting weights, a random
     network, and the runs of the same cell with other seeds. ``{comparison name: layer_cka rows}``."""
     trained = load_network(run_dir)
+    boot = {"uncertainty": uncertainty}
     result = {
-        "vs start": layer_cka(trained, starting_network(run_dir), batches, layers, mode),
-        "vs random": layer_cka(trained, random_network(trained, random_seed), batches, layers, mode),
+        "vs start": layer_cka(trained, starting_network(run_dir), batches, layers, mode, **boot),
+        "vs random": layer_cka(trained, random_network(trained, random_seed), batches, layers, mode, **boot),
     }
     for other in other_seed_runs:
         other_net = load_network(other)
-        result[f"vs seed {other_net.config.get('seed', Path(other).name)}"] = layer_cka(trained, other_net, batches, layers, mode)
+        result[f"vs seed {other_net.config.get('seed', Path(other).name)}"] = layer_cka(trained, other_net, batches, layers, mode,
+                                                                                   **boot)
     return result

@@ -82,3 +82,50 @@ def _as_float64(features: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(features, torch.Tensor):
         return features.detach().to(device="cpu", dtype=torch.float64).numpy()
     return np.asarray(features, dtype=np.float64)
+
+
+def rdm_from_gram(gram: torch.Tensor | np.ndarray, row_sums: torch.Tensor | np.ndarray, p: int) -> np.ndarray:
+    """The :func:`rdm` of ``(n, p)`` features from their Gram matrix ``G = XXᵀ`` and row sums ``s = X1``.
+
+    Centring each example over its features gives ``G'_ij = G_ij − s_i s_j / p``, so
+    ``RDM_ij = 1 − G'_ij / sqrt(G'_ii G'_jj)``: the same numbers as :func:`rdm` without holding the features,
+    which lets RSA use exactly the flattened feature maps that the minibatch CKA reduces to Gram matrices.
+
+    Raises:
+        ValueError: on mismatched shapes, ``p < 2``, or an example whose features are constant.
+    """
+    g, s = _as_float64(gram), _as_float64(row_sums)
+    if g.ndim != 2 or g.shape[0] != g.shape[1] or s.shape != (g.shape[0],) or p < 2:
+        raise ValueError(f"expected an (n, n) Gram matrix, (n,) row sums and p >= 2, got {g.shape}, {s.shape}, {p}")
+    centred = g - np.outer(s, s) / p
+    variance = np.diag(centred).copy()
+    constant = np.flatnonzero(variance <= 1e-12 * max(float(np.abs(np.diag(g)).max()), 1e-300))
+    if constant.size:
+        raise ValueError(f"examples {constant.tolist()} have constant features; their correlation is undefined")
+    scale = np.sqrt(variance)
+    dissimilarity = 1.0 - np.clip(centred / np.outer(scale, scale), -1.0, 1.0)
+    np.fill_diagonal(dissimilarity, 0.0)
+    return dissimilarity
+
+
+def rsa_within_groups(rdms_a: list[np.ndarray], rdms_b: list[np.ndarray]) -> float:
+    """RSA over the example pairs *within* each group (e.g. minibatch): the Spearman correlation between the
+    pooled upper triangles of the groups' RDMs (A) and of the matching RDMs (B). One group of all examples is
+    :func:`rsa`. Returns nan if one side's pooled dissimilarities are all equal.
+
+    Raises:
+        ValueError: on different numbers of groups, mismatched RDM sizes, or fewer than 3 pairs in all.
+    """
+    if len(rdms_a) != len(rdms_b):
+        raise ValueError(f"different numbers of groups: {len(rdms_a)} vs {len(rdms_b)}")
+    upper_a, upper_b = [], []
+    for a, b in zip(rdms_a, rdms_b):
+        if a.shape != b.shape:
+            raise ValueError(f"RDMs of one group differ in size: {a.shape} vs {b.shape}")
+        upper = np.triu_indices(a.shape[0], k=1)
+        upper_a.append(a[upper])
+        upper_b.append(b[upper])
+    pairs_a, pairs_b = np.concatenate(upper_a or [np.empty(0)]), np.concatenate(upper_b or [np.empty(0)])
+    if pairs_a.size < 3:
+        raise ValueError(f"RSA needs at least 3 example pairs, got {pairs_a.size}")
+    return float(spearmanr(pairs_a, pairs_b).statistic)

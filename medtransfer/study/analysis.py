@@ -31,6 +31,7 @@ logger = logging.getLogger("medtransfer.study")
 
 CKA_FOLDER = "cka"
 COMPARISONS = ("vs start", "vs random", "across seeds")
+CKA_UNCERTAINTY = "jackknife-images-v1"  # each layer's CKA interval: delete-one-image jackknife (see layer_cka)
 
 
 def _cell(run: Run) -> tuple:
@@ -65,7 +66,7 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
     for run, record in finished:
         partners = sorted(other.run_id for other in by_cell[_cell(run)] if other.run_id != run.run_id)
         key = {"model_sha256": record.get("model_sha256"), "partners": partners, "images": settings["cka_images"],
-               "layers": settings["cka_layers"], "mode": settings["cka_mode"]}
+               "layers": settings["cka_layers"], "mode": settings["cka_mode"], "uncertainty": CKA_UNCERTAINTY}
         previous = read_json(run_dir(study_dir, run) / CKA_FOLDER / "cka.json")
         if previous and (previous.get("meta") or {}).get("key") == key:
             outcome["reused"] += 1
@@ -102,8 +103,27 @@ def run_cka_analysis(study_dir: str | Path, spec: StudySpec, progress: bool = Tr
 
 
 def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
-    """Mean CKA per (objective, strategy, fraction, comparison, layer) over the cell's seeds (and seed pairs)."""
+    """Mean CKA per (objective, strategy, fraction, comparison, layer) over the cell's seeds (and seed pairs),
+    with 95 % intervals over the test images (delete-one-image jackknife).
+
+    Every run of a study is compared on the same seeded images in the same minibatches, so jackknife
+    replicate i of every run and level leaves out the same image: the replicates are averaged across the
+    cell's runs (and, for ``part_*``, across the part's levels), which is the jackknife of the averaged
+    CKA, and the interval is :func:`~medtransfer.analysis.cka.jackknife_interval` of those averages. It
+    reflects the sampling of images, with the cell's seeds held fixed. Columns ``ci_low``,
+    ``ci_high``: the layer's mean; ``part_cka``, ``part_ci_low``, ``part_ci_high``: the mean over the levels
+    of the row's part (encoder/decoder) in that cell and comparison. Intervals are None for runs computed
+    without replicates (older cka.json files)."""
+    import math
+
+    import numpy as np
+    import torch  # the CKA stack (torch) only when a study has an analysis block
+
+    from medtransfer.analysis.cka import jackknife_interval
+    from medtransfer.analysis.compare import CKA_CI_LEVEL
+
     values: dict[tuple, list[float]] = defaultdict(list)
+    draws: dict[tuple, list] = defaultdict(list)
     parts: dict[str, str] = {}
     order: dict[str, int] = {}
     for run, _ in _finished_finetunes(Path(study_dir), spec):
@@ -115,14 +135,41 @@ def summarise_cka(study_dir: str | Path, spec: StudySpec) -> list[dict]:
             for row in rows:
                 if row.get("cka") is None:
                     continue
-                values[(run.objective, run.strategy, run.fraction, group, row["layer"])].append(float(row["cka"]))
+                key = (run.objective, run.strategy, run.fraction, group, row["layer"])
+                values[key].append(float(row["cka"]))
+                draws[key].append(row.get("cka_jackknife") or None)
                 parts[row["layer"]] = row.get("part")
                 order.setdefault(row["layer"], len(order))
+
+    def mean_replicates(lists: list) -> np.ndarray | None:
+        if not lists or any(d is None for d in lists) or len({len(d) for d in lists}) != 1:
+            return None
+        return np.mean(np.array(lists, dtype=np.float64), axis=0)  # None (undefined) → nan
+
+    def interval(point: float, replicates: np.ndarray | None) -> tuple:
+        if replicates is None:
+            return None, None
+        low, high = jackknife_interval(point, torch.from_numpy(replicates), CKA_CI_LEVEL)
+        return (low if math.isfinite(low) else None), (high if math.isfinite(high) else None)
+
+    layer_draws = {key: mean_replicates(d) for key, d in draws.items()}
+    by_part: dict[tuple, list] = defaultdict(list)
+    for key in values:
+        by_part[(*key[:4], parts[key[4]])].append(key)
+    part_stats = {}
+    for part_key, keys in by_part.items():
+        stacked = [layer_draws[k] for k in keys]
+        replicates = None if any(d is None for d in stacked) else np.mean(stacked, axis=0)
+        point = sum(sum(values[k]) / len(values[k]) for k in keys) / len(keys)
+        part_stats[part_key] = (point, *interval(point, replicates))
     table = []
     for (objective, strategy, fraction, group, layer), cka in values.items():
+        low, high = interval(sum(cka) / len(cka), layer_draws[(objective, strategy, fraction, group, layer)])
+        part_cka, part_low, part_high = part_stats[(objective, strategy, fraction, group, parts[layer])]
         table.append({"objective": objective, "strategy": strategy, "fraction": fraction, "comparison": group,
-                      "layer": layer, "part": parts[layer], "cka": sum(cka) / len(cka), "n": len(cka),
-                      "layer_index": order[layer]})
+                      "layer": layer, "part": parts[layer], "cka": sum(cka) / len(cka), "ci_low": low,
+                      "ci_high": high, "n": len(cka), "part_cka": part_cka, "part_ci_low": part_low,
+                      "part_ci_high": part_high, "layer_index": order[layer]})
     table.sort(key=lambda r: (r["objective"] != "none", r["objective"], r["strategy"], r["fraction"],
                               COMPARISONS.index(r["comparison"]) if r["comparison"] in COMPARISONS else 9,
                               r["layer_index"]))

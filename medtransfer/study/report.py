@@ -288,21 +288,31 @@ def _cka_markdown(table: list[dict]) -> list[str]:
     if not table:
         return []
     lines = ["", "## Layer CKA (mean over seeds; per-run files in runs/<id>/cka/)", "",
-             "Linear CKA per U-Net level on a fixed sample of test images: *vs start* = the fine-tuned network "
-             "against the weights it started from (1 = the layer did not change its representation), *vs random* "
-             "= against a randomly initialised network, *across seeds* = between runs of the same cell. "
-             "Columns: mean over the encoder / decoder levels.", "",
+             "Linear CKA (minibatch estimator on the flattened feature maps) per U-Net level on a fixed sample of "
+             "test images: *vs start* = the fine-tuned network against the weights it started from (1 = the layer "
+             "did not change its representation), *vs random* = against a randomly initialised network, *across "
+             "seeds* = between runs of the same cell. Columns: mean over the encoder / decoder levels, with a 95 % "
+             "interval over the test images (delete-one-image jackknife, replicates averaged like the estimate; "
+             "the cell's seeds held fixed; a bootstrap with replacement is biased for this U-statistic). "
+             "RSA (Spearman correlation of correlation-distance RDMs) is computed on the same representation as the "
+             "CKA (flattened maps and the same within-minibatch image pairs; pooled vectors in `pool` mode); it is "
+             "in each run's cka.csv.", "",
              "| objective | strategy | fraction | " + " | ".join(f"{c} enc | {c} dec" for c in COMPARISONS) + " |",
              "|---|---|---:|" + "---:|---:|" * len(COMPARISONS)]
-    cells: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple, dict] = defaultdict(dict)
     for row in table:
-        cells[(row["objective"], row["strategy"], row["fraction"])][(row["comparison"], row["part"])].append(row["cka"])
+        cells[(row["objective"], row["strategy"], row["fraction"])][(row["comparison"], row["part"])] = row
     for (objective, strategy, fraction), values in cells.items():
         parts = []
         for comparison in COMPARISONS:
             for part in ("encoder", "decoder"):
-                found = values.get((comparison, part))
-                parts.append(_f(sum(found) / len(found)) if found else "–")
+                row = values.get((comparison, part))
+                if row is None:
+                    parts.append("–")
+                elif row.get("part_ci_low") is None or row.get("part_ci_high") is None:
+                    parts.append(_f(row["part_cka"]))
+                else:
+                    parts.append(f"{_f(row['part_cka'])} [{_f(row['part_ci_low'])}, {_f(row['part_ci_high'])}]")
         lines.append(f"| {objective} | {strategy} | {fraction:g} | " + " | ".join(parts) + " |")
     return lines
 

@@ -271,3 +271,127 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="batch sizes differ"):
         cka.update([torch.randn(8, 3), torch.randn(7, 3)], [torch.randn(8, 3)])
     assert cka.num_batches == 0
+
+
+# --- interval over the images (delete-one jackknife) --------------------------------------------------
+
+
+def _batch_grams(x: torch.Tensor, batch: int = 8) -> list[torch.Tensor]:
+    return [xb @ xb.T for xb in x.split(batch)]
+
+
+def _jackknife(x, y, batch=8):
+    from medtransfer.analysis.cka import jackknife_minibatch_cka
+
+    return jackknife_minibatch_cka(_batch_grams(x, batch), _batch_grams(y, batch))
+
+
+def _interval(x, y, batch=8):
+    from medtransfer.analysis.cka import jackknife_interval
+
+    return jackknife_interval(_minibatch_cka(x, y, batch), _jackknife(x, y, batch))
+
+
+def test_jackknife_replicates_leave_out_one_image_each():
+    x, y = _correlated(24, 30, 20, seed=3, noise=2.0)
+    replicates = _jackknife(x, y)
+    assert replicates.shape == (24,)
+    # replicate 9 = the minibatch estimator with image 9 (the 2nd of minibatch 2) removed
+    keep = [i for i in range(24) if i != 9]
+    cka = MinibatchCKA(1, 1)
+    for rows in (keep[:8], keep[8:15], keep[15:]):
+        cka.update([x[rows]], [y[rows]])
+    assert float(replicates[9]) == pytest.approx(float(cka.compute()[0, 0]), abs=1e-12)
+
+
+def test_interval_contains_the_point_estimate():
+    x, y = _correlated(64, 200, 150, seed=3, noise=3.0)
+    point = _minibatch_cka(x, y, 8)
+    low, high = _interval(x, y)
+    assert 0.2 < point < 0.9  # a layer pair that is neither identical nor unrelated
+    assert low < point < high and high - low > 0.02
+
+
+def test_interval_shrinks_with_more_images():
+    widths = []
+    for n in (16, 256):
+        x, y = _correlated(n, 120, 100, seed=5, noise=3.0)
+        low, high = _interval(x, y)
+        widths.append(high - low)
+    assert widths[1] < 0.5 * widths[0]  # ~ 1/sqrt(n): 16× the images, about a quarter of the width
+
+
+def test_jackknife_standard_error_matches_the_spread_over_independent_image_samples():
+    """What the interval claims: its se is the sd of the estimate over new samples of images (200 samples)."""
+    estimates, ses = [], []
+    mixing = _correlated(8, 40, 30, seed=11)  # fixed population: shared latent -> features
+    for sample in range(200):
+        g = _generator(1000 + sample)
+        z = torch.randn(32, 8, generator=g, dtype=torch.float64)
+        x = z @ mixing[0] + 2.0 * torch.randn(32, 40, generator=g, dtype=torch.float64)
+        y = z @ mixing[1] + 2.0 * torch.randn(32, 30, generator=g, dtype=torch.float64)
+        estimates.append(_minibatch_cka(x, y, 8))
+        low, high = _interval(x, y)
+        ses.append((high - low) / (2 * 1.959964))
+    ratio = float(np.median(ses)) / float(np.std(estimates))
+    assert 0.7 < ratio < 1.5, ratio
+
+
+def test_jackknife_is_deterministic():
+    x, y = _correlated(32, 60, 40, seed=1, noise=2.0)
+    assert torch.equal(_jackknife(x, y), _jackknife(x, y))
+
+
+def test_identical_representations_have_cka_one_and_a_zero_width_interval():
+    x, _ = _correlated(32, 50, 10, seed=2)
+    replicates = _jackknife(x, x.clone())
+    assert torch.allclose(replicates, torch.ones_like(replicates), atol=1e-12)
+    low, high = _interval(x, x.clone())
+    assert abs(low - 1) < 1e-9 and abs(high - 1) < 1e-9
+
+
+def test_jackknife_skips_images_of_a_minimal_minibatch_and_rejects_bad_input():
+    from medtransfer.analysis.cka import jackknife_interval, jackknife_minibatch_cka
+
+    x, y = _correlated(12, 20, 20, seed=4)
+    assert _jackknife(x, y).shape == (8,)  # minibatches of 8 and 4: the 4 cannot lose an image
+    k = torch.eye(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="same non-zero number"):
+        jackknife_minibatch_cka([k], [k, k])
+    with pytest.raises(ValueError, match="n >= 4"):
+        jackknife_minibatch_cka([k[:3, :3]], [k[:3, :3]])
+    with pytest.raises(ValueError, match="level"):
+        jackknife_interval(0.5, torch.ones(3), level=1.5)
+    assert all(np.isnan(v) for v in jackknife_interval(0.5, torch.ones(1)))
+
+
+def test_rsa_from_the_gram_matrices_equals_rsa_on_the_features():
+    """RSA on the representation the CKA uses: the RDM from Gram matrix + row sums is the features' RDM."""
+    from medtransfer.analysis.rsa import rdm, rdm_from_gram, rsa, rsa_within_groups
+
+    x, y = _correlated(24, 40, 30, seed=6, noise=2.0)
+    assert np.allclose(rdm_from_gram(x @ x.T, x.sum(dim=1), x.shape[1]), rdm(x), atol=1e-10)
+    whole = rsa_within_groups([rdm(x)], [rdm(y)])
+    assert abs(whole - rsa(x, y)) < 1e-12
+    groups = rsa_within_groups([rdm(xb) for xb in x.split(8)], [rdm(yb) for yb in y.split(8)])
+    assert -1.0 <= groups <= 1.0 and groups != whole  # 3 × 28 within-group pairs, not all 276
+    with pytest.raises(ValueError, match="constant features"):
+        rdm_from_gram(torch.ones(3, 3) * 4, torch.full((3,), 4.0), 4)
+
+
+def test_layer_cka_rows_carry_the_bootstrap_interval_and_rsa_of_the_flattened_maps():
+    import copy
+
+    from medtransfer.analysis.compare import layer_cka
+    from medtransfer.networks import build_dynunet
+
+    images = torch.rand(16, 1, 16, 16, generator=_generator(0))
+    batches = [images[:8], images[8:]]
+    net = build_dynunet(2, filters=[4, 8, 16], init_seed=0).eval()
+    same = layer_cka(net, copy.deepcopy(net), batches, "encoder")
+    assert all(row["cka_ci_low"] == pytest.approx(1.0, abs=1e-9) and row["cka_ci_high"] == pytest.approx(1.0, abs=1e-9)
+               and row["rsa"] == pytest.approx(1.0, abs=1e-9) and len(row["cka_jackknife"]) == 16 for row in same)
+    other = layer_cka(net, build_dynunet(2, filters=[4, 8, 16], init_seed=5), batches, "encoder")
+    assert all(row["cka_ci_low"] < row["cka"] < row["cka_ci_high"] < 1.0 for row in other)
+    none = layer_cka(net, copy.deepcopy(net), batches, "encoder", uncertainty=False)
+    assert none[0]["cka_ci_low"] is None and none[0]["cka_jackknife"] == []

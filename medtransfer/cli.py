@@ -112,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     from medtransfer.analysis.cli_commands import register as register_analyze
     from medtransfer.inference.cli_commands import register as register_inference
     from medtransfer.study.cli_commands import register as register_study
+    from medtransfer.transfer.cli_commands import register as register_transfer
 
     register_inference(commands)
     register_study(commands)
     register_analyze(commands)
+    register_transfer(commands)
     return parser
 
 

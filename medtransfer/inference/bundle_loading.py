@@ -473,6 +473,11 @@ def _load_trusted(bundle: Path, config_path: Path, metadata: dict, weights: Path
 def _run_network(config: Mapping, run: Path) -> torch.nn.Module:
     """The run's network, built like train.yaml's ``network_def`` from the recorded settings."""
     dims = int(config["spatial_dims"])
+    if config.get("source_network"):  # fine-tuned in the source's own architecture (auto reads the source file)
+        from medtransfer.transfer.source_network import build_run_network
+
+        return build_run_network(dims, source_network=config["source_network"],
+                                 source_checkpoint=config.get("source_checkpoint"))
     if config.get("backbone"):
         arguments = {"backbone": config["backbone"]}
         if config.get("decoder_channels"):

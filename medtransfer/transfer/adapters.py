@@ -157,8 +157,13 @@ def load_checkpoint(
     head = _head_replaced(adapted.state, model)
     if head:  # the whole head is the network's own: none of the file's head tensors is loaded, even where shapes agree
         notes.append(head)
-        for name in parts(model)["head"]:
-            adapted.state.pop(name, None)
+        target = state_tensors(model)
+        agreeing = [n for n in parts(model)["head"] if n in adapted.state and adapted.state[n].shape == target[n].shape]
+        for name in agreeing:
+            del adapted.state[name]
+        if agreeing:
+            notes.append(f"left out {len(agreeing)} head tensors whose shapes agree (e.g. {agreeing[:2]}), so that "
+                         "the head is replaced whole, not mixed")
     return AdaptedCheckpoint(
         path, chosen, adapted.state, available, adapted.meta, notes,
         container=unwrapped.container if unwrapped else None,

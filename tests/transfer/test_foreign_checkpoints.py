@@ -159,9 +159,11 @@ def test_real_monai_unet_fine_tunes_in_its_own_architecture_with_a_binary_head(m
     assert all(torch.equal(tensors[n], state[n]) for n in parts(network)["encoder"])
     fresh_tensors = state_tensors(fresh)
     assert all(torch.equal(tensors[n], fresh_tensors[n]) for n in parts(network)["decoder"] + parts(network)["head"])
-    full = load_checkpoint(mouse_unet, fresh)
-    assert full.available_parts == ["encoder", "decoder"]
-    assert not any(name in full.state for name in parts(fresh)["head"])  # the file's head never comes in
+    assert load_checkpoint(mouse_unet, fresh).available_parts == ["encoder", "decoder"]
+    before = {n: t.clone() for n, t in state_tensors(fresh).items()}
+    full = ApplyTransfer(fresh, "full", str(mouse_unet)).apply()
+    assert full["counts"]["head"]["reinitialised"] == len(parts(fresh)["head"])  # replaced whole, never mixed
+    assert all(torch.equal(state_tensors(fresh)[n], before[n]) for n in parts(fresh)["head"])
 
 
 def test_real_monai_unet_into_dynunet_explains_the_mismatch(mouse_unet):

@@ -133,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     from medtransfer.evaluation.cli_commands import register as register_stats
     from medtransfer.inference.cli_commands import register as register_inference
     from medtransfer.study.cli_commands import register as register_study
+    from medtransfer.transfer.cli_commands import register as register_transfer
 
     register_inference(commands)
     register_study(commands)
     register_analyze(commands)
     register_stats(commands)
+    register_transfer(commands)
     return parser
 
 

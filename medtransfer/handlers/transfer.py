@@ -37,6 +37,7 @@ class ApplyTransfer:
         run_directory=None,
         unfreeze_epoch: int | None = None,
         transferred_lr_scale: float = 1.0,
+        trusted_checkpoint: bool = False,
     ) -> None:
         self.network = network
         self.strategy = get_strategy(strategy)
@@ -45,6 +46,7 @@ class ApplyTransfer:
         self.run_directory = run_directory
         self.unfreeze_epoch = int(unfreeze_epoch) if unfreeze_epoch else None
         self.transferred_lr_scale = float(transferred_lr_scale)
+        self.trusted_checkpoint = bool(trusted_checkpoint)  # a TorchScript source may be loaded (runs its code)
         if self.strategy.needs_checkpoint and not self.source_checkpoint:
             raise TransferError(
                 f"strategy {self.strategy.name!r} loads the {' and '.join(self.strategy.load)} from a checkpoint: "
@@ -70,13 +72,19 @@ class ApplyTransfer:
         tensors: dict[str, dict] = {}
         source: dict = {}
         if self.strategy.needs_checkpoint and not self.resumed:
-            checkpoint = load_checkpoint(self.source_checkpoint, self.network, self.checkpoint_format)
+            checkpoint = load_checkpoint(
+                self.source_checkpoint, self.network, self.checkpoint_format, trusted=self.trusted_checkpoint
+            )
             tensors = copy_parts(self.network, checkpoint.state, self.strategy, self.source_checkpoint)
             source = {
                 "source_checkpoint": str(Path(self.source_checkpoint).resolve()),
                 "checkpoint_format": checkpoint.format,
                 "checkpoint_sha256": sha256_of(self.source_checkpoint),
                 "checkpoint_meta": checkpoint.meta,
+                "checkpoint_container": checkpoint.container,
+                "checkpoint_prefixes_removed": checkpoint.prefixes_removed,
+                "head_replaced": checkpoint.head_replaced,
+                "network": type(self.network).__name__,
                 "adapter_notes": checkpoint.notes,
             }
         elif self.source_checkpoint and not self.strategy.needs_checkpoint:

@@ -572,7 +572,13 @@ def load_run(
     target_spacing, content = run_target_spacing(config, manifest)
     channels = int(content.get("channels", 1))  # the training manifest's input channels (grey 1, RGB 3, ...)
     try:
-        network = folder.build_network(in_channels=channels)
+        if config.get("source_network"):  # fine-tuned in the source's own architecture (auto reads the source file)
+            from medtransfer.transfer.source_network import build_run_network
+
+            network = build_run_network(int(config["spatial_dims"]), source_network=config["source_network"],
+                                        source_checkpoint=config.get("source_checkpoint"))
+        else:
+            network = folder.build_network(in_channels=channels)
     except NetworkConfigError as error:
         raise BundleError(f"{run}/run.json: {error}") from None
     network = _load_into(network, weights, device)

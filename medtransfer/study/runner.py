@@ -292,21 +292,23 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
     `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters.
     `trusted`: allow study settings that are MONAI expressions (they run as code in every run)."""
     spec = load_study(study_file, data_root=data_root, trusted=trusted)  # input errors surface here, before training
-    from medtransfer.study.leakage import check_study_leakage, save_leakage
+    from medtransfer.study.leakage import check_study_leakage
 
     leakage = check_study_leakage(spec)  # refuses stages that see target test images or target labels
     study_dir = Path(study_dir or Path("runs") / "studies" / spec.name)
     lock = lock_study_dir(study_dir)  # a second driver on this folder stops here
     try:
         return _run_locked(spec, study_dir, executor, workers, address, allow_changed, progress, report,
-                           command_factory, preload)
+                           command_factory, preload, leakage)
     finally:
         lock.release()
 
 
 def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | None, address: str | None,
                 allow_changed: bool, progress: bool, report: bool, command_factory: Callable[..., list[str]],
-                preload: bool) -> dict[str, Any]:
+                preload: bool, leakage) -> dict[str, Any]:
+    from medtransfer.study.leakage import save_leakage
+
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
     save_leakage(study_dir, leakage)
     engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))

@@ -19,6 +19,12 @@ Formats:
   ResNets), into the encoder of `build_resnet_unet(2, ...)`.
 - ``nnunet_v2``: an nnU-Net v2 `checkpoint_final.pth` of a `PlainConvUNet`, into a `build_dynunet` network of
   the same topology.
+
+Containers and wrappers are looked through first, whatever the format: the state dict under ``state_dict``,
+``model``, ``model_state_dict``, ``network_weights``, ``net`` or ``weights`` (training scripts' dicts with
+epochs and optimizers beside it), and the key prefixes ``module.`` (DataParallel/DDP) and ``_orig_mod.``
+(torch.compile). Tensors saved on a GPU are read onto the CPU. A TorchScript archive holds code, not only
+data: it is recognised and refused unless the caller trusts it (then its ``state_dict()`` is used).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from medtransfer.errors import MedtransferError
 
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +42,7 @@ from monai.networks.nets import DynUNet, FlexibleUNet
 from torch import nn
 
 from medtransfer.networks import PART_NAMES, parts, state_tensors
+from medtransfer.networks.parts import FAMILY_CLASSES, Architecture, describe_network, recognise
 
 FORMATS = ("medtransfer", "monai_bundle", "torchvision_resnet", "nnunet_v2")
 MEDTRANSFER_CHECKPOINT_VERSION = 1
@@ -52,8 +60,48 @@ _REFUSED_OBJECT = re.compile(
 _WEIGHTS_ONLY_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", re.S)
 
 
+# Where training scripts put the state dict, most specific first ("model" is also MONAI's CheckpointSaver's key).
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "network_weights", "net", "weights")
+# Wrapper prefixes on every key: DataParallel / DistributedDataParallel, and torch.compile's OptimizedModule.
+WRAPPER_PREFIXES = {"module.": "DataParallel/DistributedDataParallel", "_orig_mod.": "torch.compile"}
+
+
 class CheckpointError(MedtransferError, ValueError):
     """A checkpoint cannot be adapted to the target network; the message names the file and the problem."""
+
+
+class TorchScriptCheckpointError(CheckpointError):
+    """The file is a TorchScript archive: loading it runs its code, so it is refused unless trusted."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """No tensor of the file fits the target network; `source` and `target` say what each appears to be."""
+
+    def __init__(self, message: str, source: Architecture, target: Architecture) -> None:
+        super().__init__(message)
+        self.source = source
+        self.target = target
+
+
+@dataclass
+class Unwrapped:
+    """A file's tensors with containers and wrapper prefixes removed, and what was removed."""
+
+    state: dict[str, torch.Tensor]
+    container: str | None = None  # e.g. "state_dict", "model", "torchscript"
+    prefixes: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # other top-level entries of a container
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.container == "torchscript":
+            notes.append("TorchScript archive loaded as trusted; its state_dict() was used")
+        elif self.container:
+            ignored = f"; ignored {self.ignored}" if self.ignored else ""
+            notes.append(f"used the {self.container!r} entry{ignored}")
+        for prefix in self.prefixes:
+            notes.append(f"removed the {prefix!r} prefix of {WRAPPER_PREFIXES[prefix]}")
+        return notes
 
 
 @dataclass
@@ -66,6 +114,9 @@ class AdaptedCheckpoint:
     available_parts: list[str]
     meta: dict
     notes: list[str]
+    container: str | None = None
+    prefixes_removed: list[str] = field(default_factory=list)
+    head_replaced: str | None = None  # why the head cannot be loaded (another class count), when it cannot
 
 
 @dataclass
@@ -78,27 +129,93 @@ class _Adapted:
     declared_parts: list[str] | None = None  # parts the file says it provides; checked against what it covers
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, format: str = "auto") -> AdaptedCheckpoint:
+def load_checkpoint(
+    path: str | Path, model: nn.Module, format: str = "auto", trusted: bool = False
+) -> AdaptedCheckpoint:
     """Read `path` safely and translate it into the tensor names of `model`.
 
-    `format` is one of FORMATS or "auto" (see `detect_format`). Raises CheckpointError, naming the file, when
-    the file cannot be read, holds pickled objects, or does not fit `model`.
+    `format` is one of FORMATS or "auto" (see `detect_format`). `trusted` allows a TorchScript archive (whose
+    loading runs its code). Raises CheckpointError, naming the file, when the file cannot be read, holds pickled
+    objects, is untrusted TorchScript, or does not fit `model` (ArchitectureMismatchError when nothing fits).
     """
     path = Path(path)
     if format != "auto" and format not in FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format {format!r}; use 'auto' or one of {FORMATS}")
-    raw = _read(path, format)
+    raw = read_checkpoint_file(path, format, trusted)
     try:
         chosen = detect_format(raw, model) if format == "auto" else format
+        unwrapped = None
+        if not _keeps_its_layout(raw, chosen):
+            unwrapped = unwrap(raw)
+            raw = unwrapped.state
         adapted = _ADAPTERS[chosen](raw, model)
         from medtransfer.transfer.channels import adapt_input_channels  # grey <-> colour: first convolution
 
         adapted.state = adapt_input_channels(adapted.state, model, adapted.notes)
         available = _available_parts(adapted.state, model)
         _check_declared_parts(adapted.declared_parts, available)
+    except ArchitectureMismatchError as error:
+        raise ArchitectureMismatchError(f"{path}: {error}", error.source, error.target) from None
+    except CheckpointError as error:
+        raise type(error)(f"{path}: {error}") from None
+    notes = (unwrapped.notes() if unwrapped else []) + adapted.notes
+    head = _head_replaced(adapted.state, model)
+    if head:  # the whole head is the network's own: none of the file's head tensors is loaded, even where shapes agree
+        notes.append(head)
+        target = state_tensors(model)
+        agreeing = [n for n in parts(model)["head"] if n in adapted.state and adapted.state[n].shape == target[n].shape]
+        for name in agreeing:
+            del adapted.state[name]
+        if agreeing:
+            notes.append(f"left out {len(agreeing)} head tensors whose shapes agree (e.g. {agreeing[:2]}), so that "
+                         "the head is replaced whole, not mixed")
+    return AdaptedCheckpoint(
+        path, chosen, adapted.state, available, adapted.meta, notes,
+        container=unwrapped.container if unwrapped else None,
+        prefixes_removed=list(unwrapped.prefixes) if unwrapped else [],
+        head_replaced=head,
+    )
+
+
+def read_source_state(path: str | Path, trusted: bool = False) -> Unwrapped:
+    """The tensors of any checkpoint file with containers and prefixes removed (for inspecting and recognising)."""
+    path = Path(path)
+    raw = read_checkpoint_file(path, "auto", trusted)
+    try:
+        if "medtransfer_checkpoint" in raw:
+            return Unwrapped(_tensor_dict(raw.get("state_dict"), "state_dict"), "medtransfer checkpoint",
+                             ignored=sorted(k for k in raw if k != "state_dict"))
+        return unwrap(raw)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    return AdaptedCheckpoint(path, chosen, adapted.state, available, adapted.meta, adapted.notes)
+
+
+def unwrap(raw: dict) -> Unwrapped:
+    """The state dict inside a training script's container, without DataParallel / torch.compile prefixes."""
+    container, ignored, state = raw.get("__container__"), [], raw
+    if container == "torchscript":
+        state = {k: v for k, v in raw.items() if k != "__container__"}
+    elif not _is_tensor_dict(raw):
+        for key in CONTAINER_KEYS:
+            if _is_tensor_dict(raw.get(key)):
+                container, state = key, raw[key]
+                ignored = sorted(str(k) for k in raw if k != key)
+                break
+        else:
+            raise CheckpointError(
+                f"unrecognised checkpoint: neither a state dict of tensors nor a container holding one under "
+                f"{list(CONTAINER_KEYS)} (top-level keys: {_examples(raw, 8)})"
+            )
+    prefixes = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(key.startswith(prefix) for key in state):
+                state = {key.removeprefix(prefix): tensor for key, tensor in state.items()}
+                prefixes.append(prefix)
+                changed = True
+    return Unwrapped(dict(state), container, prefixes, ignored)
 
 
 def detect_format(raw: dict, model: nn.Module | None = None) -> str:
@@ -106,35 +223,78 @@ def detect_format(raw: dict, model: nn.Module | None = None) -> str:
 
     A plain name-keyed state dict is a medtransfer fine-tuning output when its keys cover the model's names
     substantially; without a model to compare with (or when they do not) it is taken for a MONAI bundle's
-    `model.pt`. Both adapt by name in the same way, so the label only records where the file came from.
+    `model.pt` (also when wrapped in MONAI's ``{"model": ...}`` or a DDP prefix). Both adapt by name in the same
+    way, so the label only records where the file came from.
     """
     if "medtransfer_checkpoint" in raw:
         return "medtransfer"
-    if "network_weights" in raw:
+    if _is_nnunet(raw):
         return "nnunet_v2"
-    if isinstance(raw.get("model"), dict):
-        return "monai_bundle"
-    if not raw or not all(isinstance(value, torch.Tensor) for value in raw.values()):
-        raise CheckpointError(
-            f"unrecognised checkpoint: neither a state dict of tensors nor one of {FORMATS} "
-            f"(top-level keys: {_examples(raw, 8)})"
-        )
-    if all(key.startswith("module.") for key in raw):
-        return "monai_bundle"
-    if _TORCHVISION_KEYS <= raw.keys():
+    unwrapped = unwrap(raw)
+    if _TORCHVISION_KEYS <= unwrapped.state.keys():
         return "torchvision_resnet"
-    if model is not None and _share_of_names(raw, model) >= _NAME_MATCH_SHARE:
-        return "medtransfer"
+    if unwrapped.container == "model" or "module." in unwrapped.prefixes:
+        return "monai_bundle"
+    if model is not None and _share_of_names(unwrapped.state, model) >= _NAME_MATCH_SHARE:
+        # medtransfer fine-tunes DynUNet / ResNet U-Nets by default; a MONAI UNet's (etc.) state dict is a MONAI one
+        return "medtransfer" if isinstance(_network(model), (DynUNet, FlexibleUNet)) else "monai_bundle"
     return "monai_bundle"
+
+
+def _is_nnunet(raw: dict) -> bool:
+    weights = raw.get("network_weights")
+    return isinstance(weights, dict) and (
+        "trainer_name" in raw or any(str(k).startswith("encoder.stages.") for k in weights)
+    )
+
+
+def _keeps_its_layout(raw: dict, chosen: str) -> bool:
+    """A medtransfer pretraining output and an nnU-Net checkpoint are read in their own layout."""
+    return (chosen == "medtransfer" and "medtransfer_checkpoint" in raw) or chosen == "nnunet_v2"
+
+
+def _is_tensor_dict(value: object) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
 # --- reading -----------------------------------------------------------------------------------------------
 
 
-def _read(path: Path, format: str) -> dict:
-    """The loaded file, or a CheckpointError that tells a refused file from a damaged one."""
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with constants.pkl and code/ (torch.jit.save), unlike torch.save's zips."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.endswith("/constants.pkl") or name == "constants.pkl" for name in names) and any(
+        "/code/" in name or name.startswith("code/") for name in names
+    )
+
+
+def read_checkpoint_file(path: Path, format: str = "auto", trusted: bool = False) -> dict:
+    """The loaded file, or a CheckpointError that tells a refused file from a damaged one.
+
+    A trusted TorchScript archive comes back as its state dict with ``"__container__": "torchscript"``.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if is_torchscript(path):
+        if not trusted:
+            raise TorchScriptCheckpointError(
+                f"{path}: refused: it is a TorchScript archive (torch.jit.save), which holds the network's code as "
+                "well as its weights, and loading it would run that code. If you trust its source, export its "
+                "weights in a trusted environment:\n"
+                f"  python -c \"import torch; torch.save(torch.jit.load('{path.name}', map_location='cpu')"
+                ".state_dict(), 'state_dict.pt')\"\nand give state_dict.pt instead, or pass --trusted "
+                "(bundle key trusted_checkpoint: true) to load it here."
+            )
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:
+            raise CheckpointError(f"{path}: a TorchScript archive that cannot be loaded ({_reason(error)})") from None
+        state = {name: tensor.detach() for name, tensor in scripted.state_dict().items()}
+        return {**state, "__container__": "torchscript"}
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # damaged zip: RuntimeError; truncated/empty: EOFError; foreign bytes: KeyError...
@@ -146,6 +306,9 @@ def _read(path: Path, format: str) -> dict:
             f"{path}: expected a dict (a state dict or a checkpoint holding one), got {type(raw).__name__}"
         )
     return raw
+
+
+_read = read_checkpoint_file
 
 
 def _refusal(path: Path, error: Exception, format: str) -> str:
@@ -190,10 +353,7 @@ def _available_parts(state: dict[str, torch.Tensor], model: nn.Module) -> list[s
     network = type(_network(model)).__name__
     unknown = [name for name in state if name not in target]
     if len(unknown) == len(state):
-        raise CheckpointError(
-            f"none of its {len(state)} tensors fits {network}: it holds e.g. {_examples(unknown)}, "
-            f"the network expects e.g. {_examples(target)}"
-        )
+        raise _mismatch(f"none of its {len(state)} tensors fits {network}", state, model)
     if unknown:
         raise CheckpointError(
             f"{len(unknown)} of its {len(state)} tensors have no place in {network} (e.g. {_examples(unknown)}) "
@@ -209,9 +369,11 @@ def _available_parts(state: dict[str, torch.Tensor], model: nn.Module) -> list[s
     ]
     if shapes:
         _check_dimensionality(state, model)
+        source, expected = recognise(state), describe_network(model)
         raise CheckpointError(
             f"{len(shapes)} tensors have other shapes than in {network} (another topology: filters, kernel "
             f"sizes, channels or classes): " + "; ".join(shapes[:4])
+            + f". The file appears to be {source.summary()}; the target is {expected.summary()}"
         )
     available = []
     for part, names in parts(model).items():
@@ -227,6 +389,46 @@ def _available_parts(state: dict[str, torch.Tensor], model: nn.Module) -> list[s
             )
         available.append(part)
     return available
+
+
+def _mismatch(headline: str, state: dict[str, torch.Tensor], model: nn.Module) -> ArchitectureMismatchError:
+    """An error that says what the file appears to be, what the target expects, and what would fit."""
+    source, target = recognise(state), describe_network(model)
+    message = f"{headline}. The file appears to be {source.summary()}; the target is {target.summary()}."
+    if source.notes and not source.segmentation:
+        sentence = " ".join(source.notes)
+        message += f" {sentence[0].upper()}{sentence[1:]}."
+    if source.family != target.family and (how := _own_architecture_hint(source)):
+        message += f" To fine-tune in the file's own architecture, {how}."
+    if source.family == "unknown":
+        message += f" It holds e.g. {_examples(state)}; the network expects e.g. {_examples(state_tensors(model))}."
+    return ArchitectureMismatchError(message, source, target)
+
+
+def _own_architecture_hint(source: Architecture) -> str | None:
+    if source.family == "monai_unet":
+        return "set source_network: auto (read from the tensors)"
+    if source.family == "dynunet":
+        return f"build medtransfer's DynUNet with filters {source.widths}"
+    if source.family == "resnet_unet":
+        return "build medtransfer's ResNet U-Net (build_resnet_unet) with the file's backbone"
+    if source.family in FAMILY_CLASSES:
+        return f"set source_network: {{name: {FAMILY_CLASSES[source.family]}, ...}} with its arguments"
+    return None
+
+
+def _head_replaced(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """A sentence for the transfer report when the file's head has another class count than the network's."""
+    target = state_tensors(model)
+    head = parts(model)["head"]
+    differing = [n for n in head if n in state and tuple(state[n].shape) != tuple(target[n].shape)]
+    if not differing:
+        return None
+    source_classes, target_classes = recognise(state).out_channels, describe_network(model).out_channels
+    classes = (f" ({source_classes} output channels in the file, {target_classes} in the network)"
+               if source_classes and target_classes and source_classes != target_classes else "")
+    return (f"head replaced: {len(differing)} head tensors have other shapes{classes}; the network's own binary "
+            "head is used (re-initialised with the run's seed), never the file's")
 
 
 def _check_dimensionality(state: dict[str, torch.Tensor], model: nn.Module) -> None:

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from medtransfer.networks import build_dynunet, build_resnet_unet, parts, state_tensors
-from medtransfer.transfer.adapters import FORMATS, CheckpointError, detect_format, load_checkpoint
+from medtransfer.transfer.adapters import (
+    FORMATS,
+    ArchitectureMismatchError,
+    CheckpointError,
+    detect_format,
+    load_checkpoint,
+)
 
 FILTERS = (8, 16, 32)
 
@@ -393,10 +399,15 @@ def test_resnet_weights_into_a_dynunet_are_refused_with_expected_names(tmp_path)
         load_checkpoint(path, build_dynunet(2, filters=FILTERS))
 
 
-def test_resnet_unet_bundle_into_a_dynunet_says_nothing_fits(tmp_path):
+def test_resnet_unet_bundle_into_a_dynunet_says_nothing_fits_and_what_each_side_is(tmp_path):
     path = _save(build_resnet_unet(2, backbone="resnet10").state_dict(), tmp_path / "model.pt")
-    with pytest.raises(CheckpointError, match=r"none of its \d+ tensors fits DynUNet.*expects e.g. \['input_block"):
+    with pytest.raises(ArchitectureMismatchError, match=r"none of its \d+ tensors fits DynUNet") as error:
         load_checkpoint(path, build_dynunet(2, filters=FILTERS))
+    assert (error.value.source.family, error.value.source.spatial_dims) == ("resnet_unet", 2)
+    assert error.value.source.widths == [64, 128, 256, 512]
+    assert (error.value.target.family, error.value.target.widths) == ("dynunet", list(FILTERS))
+    assert "FlexibleUNet with a ResNet encoder (2D, widths [64, 128, 256, 512]" in str(error.value)
+    assert "DynUNet with 3 levels (2D, widths [8, 16, 32]" in str(error.value)
 
 
 def test_dynunet_with_other_filters_reports_shapes(tmp_path):

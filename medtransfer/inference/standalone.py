@@ -38,7 +38,8 @@ REQUIRED_PACKAGES = ("monai", "torch", "pytorch-ignite", "nibabel", "pillow", "p
 SCRIPTS: dict[str, tuple[str, dict[str, str]]] = {
     "scripts/dicom.py": ("medtransfer.data.dicom", {
         "from medtransfer.errors import MedtransferError":
-            "MedtransferError = Exception  # medtransfer.errors.MedtransferError: the common base of input errors"}),
+            "class MedtransferError(Exception):  # medtransfer.errors.MedtransferError, the base of input errors\n"
+            "    pass"}),
     "scripts/readers.py": ("medtransfer.data.readers", {
         "from medtransfer.data.dicom import read_series": "from .dicom import read_series"}),
     "scripts/scan_loader.py": ("medtransfer.inference.scan_loader", {

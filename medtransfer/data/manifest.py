@@ -162,9 +162,13 @@ def _check_types(content: Any, where: str) -> None:
             if not isinstance(case, dict):
                 raise ManifestError(f"{where}: {split}[{index}] must be an object with 'id' and 'image'")
             for key in ("id", "image", "label"):
-                if key in case and not isinstance(case[key], str):
-                    raise ManifestError(f"{where}: {split}[{index}].{key} must be a string (a path or an id), "
-                                        f"got {case[key]!r}")
+                value = case.get(key)
+                # a multi-channel image (nnU-Net channel_names) is one file per channel: a list of paths
+                several = key == "image" and isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+                if key in case and not isinstance(value, str) and not several:
+                    raise ManifestError(f"{where}: {split}[{index}].{key} must be a string (a path or an id"
+                                        f"{', or for image a list of per-channel paths' if key == 'image' else ''}), "
+                                        f"got {value!r}")
     fractions = content.get("fractions", {})
     if not isinstance(fractions, dict) or not all(isinstance(v, list) for v in fractions.values()):
         raise ManifestError(f"{where}: 'fractions' must map fractions to lists of training ids")

@@ -123,9 +123,10 @@ class RunFolder:
         """
         if not self.record_path.is_file():
             raise RunNotFinishedError(f"{self.path}: no run.json; give the output folder of a finished training run")
-        record = self.record
-        if record is None:
-            raise RunNotFinishedError(f"{self.record_path}: not readable as JSON (a run killed while writing it?)")
+        try:
+            record = read_run_record(self.path)  # a damaged record is named with its problem
+        except RunDirectoryError as error:
+            raise RunNotFinishedError(str(error)) from None
         task = self._task(kind)
         if record.get("status") != "finished":
             raise RunNotFinishedError(

@@ -16,7 +16,7 @@ def register(commands) -> None:
     inspect = commands.add_parser(
         "inspect", help="what a checkpoint file is: format, container, architecture, and which parts fit"
     )
-    inspect.add_argument("checkpoint")
+    inspect.add_argument("checkpoint", help="a weights file (state dict, training checkpoint or TorchScript archive)")
     inspect.add_argument("--trusted", action="store_true",
                          help="allow a TorchScript archive (loading it runs its code)")
     inspect.set_defaults(handler=_inspect)

@@ -65,7 +65,8 @@ def test_bundle_verify_passes_offline(spatial_dims, capsys):
     assert cli(["bundle", "verify", str(bundle_dir(spatial_dims))]) == 0
     assert '"ok": true' in capsys.readouterr().out
     report = verify_bundle(bundle_dir(spatial_dims))
-    assert report["ok"] and set(report["checks"]) == {"files", "verify_metadata", "verify_net_in_out"}
+    assert report["ok"] and set(report["checks"]) == {"files", "verify_metadata", "verify_net_in_out",
+                                                      "config_expressions"}
 
 
 def test_bundle_verify_catches_bad_metadata_and_a_wrong_output_channel_count(tmp_path):

@@ -28,8 +28,10 @@ def test_one_epoch_with_mlflow_tracking_logs_params_loss_and_validation_dice(tmp
     params = run.data.params
     assert params["learning_rate"] == "0.002" and params["seed"] == "3" and params["fraction"] == "1.0"
     assert params["strategy"] == "scratch" and params["max_epochs"] == "1" and params["epoch_length"] == "3"
-    loss = client.get_metric_history(run.info.run_id, "train_loss")
+    loss = client.get_metric_history(run.info.run_id, "train_loss_iteration")
     assert [m.step for m in loss] == [1, 2, 3] and all(0.0 < m.value < 10.0 for m in loss)
+    (epoch_loss,) = client.get_metric_history(run.info.run_id, "train_loss")  # the epoch mean of those steps
+    assert epoch_loss.step == 1 and abs(epoch_loss.value - sum(m.value for m in loss) / 3) < 1e-4
     dice = client.get_metric_history(run.info.run_id, "val_mean_dice")
     record = json.loads((output / "run.json").read_text())
     assert [m.step for m in dice] == [1]

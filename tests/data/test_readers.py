@@ -33,5 +33,5 @@ def test_folder_with_two_series_is_refused_with_the_choices(test_data, tmp_path)
     with pytest.raises(Exception) as excinfo:
         eval_transforms(3, with_label=False)({"image": str(folder)})
     text = error_text(excinfo.value)
-    assert "DicomInputError" in text and "mixed: holds 2 image series; choose one" in text
+    assert "SeveralSeriesError" in text and "mixed: holds 2 image series; choose one" in text  # a DicomInputError
     assert "description='T1post'" in text and "description='FLAIR_reg'" in text

@@ -206,7 +206,7 @@ def test_ensure_is_idempotent(medtransfer_home, caplog):
     with caplog.at_level(logging.INFO, logger="medtransfer.data"):
         assert ensure_synthetic_dataset(2, 2, (32, 32)) == root
     assert _mtimes(root) == before
-    assert caplog.records == []
+    assert [r for r in caplog.records if str(root) in r.getMessage()] == []  # (other tests' threads may log)
 
 
 def test_ensure_regenerates_an_incomplete_folder(medtransfer_home):

@@ -27,11 +27,9 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
 
 
-def detect_dimensions(path: Path) -> int:
-    """2 or 3 from the file header (trailing singleton axes ignored)."""
-    if path.name.endswith(".png"):
-        return 2
-    import SimpleITK as sitk
+def _image_information(path: Path):
+    """A SimpleITK reader holding the file's header (size, components), without reading the pixels."""
+    import SimpleITK as sitk  # the header reader only where a manifest is built
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -39,6 +37,14 @@ def detect_dimensions(path: Path) -> int:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise ManifestError(f"{path}: unreadable image ({str(error).strip().splitlines()[-1]})") from None
+    return reader
+
+
+def detect_dimensions(path: Path) -> int:
+    """2 or 3 from the file header (trailing singleton axes ignored)."""
+    if path.name.endswith(".png"):
+        return 2
+    reader = _image_information(path)
     size = [s for s in reader.GetSize()]
     while len(size) > 2 and size[-1] == 1:
         size.pop()
@@ -160,14 +166,7 @@ def detect_channels(path: Path, dimensions: int) -> int:
         if bands == 2:  # grey + alpha: the alpha band is no image content
             bands = 1
         return bands
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise ManifestError(f"{path}: unreadable image ({str(error).strip().splitlines()[-1]})") from None
+    reader = _image_information(path)
     size = list(reader.GetSize())
     components = int(reader.GetNumberOfComponents())
     return components if components > 1 else (size[dimensions] if len(size) > dimensions else 1)

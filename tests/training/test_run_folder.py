@@ -69,7 +69,7 @@ def test_unfinished_missing_and_unreadable_records(tmp_path):
     (tmp_path / "broken" / "run.json").write_text('{"status": "fini')  # a run killed mid-write
     assert RunFolder(tmp_path / "broken").record is None
     assert RunFolder(tmp_path / "broken").finished("segmentation") is None
-    with pytest.raises(RunNotFinishedError, match="not readable as JSON"):
+    with pytest.raises(RunNotFinishedError, match="not a readable run record"):
         RunFolder(tmp_path / "broken").check_finished("segmentation")
 
 

@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medtransfer.evaluation.cli_commands import register as register_stats
     from medtransfer.inference.cli_commands import register as register_inference
     from medtransfer.study.cli_commands import register as register_study
+    from medtransfer.training.cli_commands import register as register_train
     from medtransfer.transfer.cli_commands import register as register_transfer
 
     register_inference(commands)
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_analyze(commands)
     register_stats(commands)
     register_transfer(commands)
+    register_train(commands)
     return parser
 
 
@@ -157,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="full Python tracebacks instead of one-line errors "
                                                              "(also MEDTRANSFER_DEBUG=1)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":  # only `train` passes unknown --key value pairs on (to MONAI)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "train":
+        args.overrides = [*extra, *args.overrides]
     from medtransfer.errors import MedtransferError
 
     try:

@@ -109,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add `segment` and `export` to the `medtransfer` command's subparsers."""
     seg = subparsers.add_parser(
-        "segment",
+        "segment", aliases=["predict"],  # `predict`: the name nnU-Net users type
         help="segment scans (NIfTI files, DICOM series folders) with a bundle or a finished run",
         description=(
             "Writes <scan>_seg.nii.gz (and <scan>_seg.dcm, a DICOM-SEG, for DICOM series) in each scan's own "

@@ -19,7 +19,7 @@ ARCHITECTURES = {
     "SegResNet": (lambda out: SegResNet(2, init_filters=4, in_channels=1, out_channels=out, num_groups=2,
                                         norm=("group", {"num_groups": 2})), 32),
     "SwinUNETR": (lambda out: SwinUNETR(in_channels=1, out_channels=out, spatial_dims=2, feature_size=12,
-                                        depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 32),
+                                        depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)), 64),  # 32 leaves 1×1 at the bottom
 }
 
 
@@ -80,8 +80,6 @@ def test_strategies_load_the_same_parts_on_every_architecture(name):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 @pytest.mark.parametrize("strategy", ["encoder_frozen", "random_encoder_frozen"])
 def test_freezing_moves_no_frozen_tensor_in_training(name, strategy):
-    if name == "SwinUNETR":
-        pytest.importorskip("einops")  # MONAI's SwinUNETR needs it to run forward (not to be built)
     model = _build(name)
     frozen = FrozenParts(model, get_strategy(strategy).freeze)
     frozen.freeze()

@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="full Python tracebacks instead of one-line errors "
                                                              "(also MEDTRANSFER_DEBUG=1)")
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":  # only `train` passes unknown --key value pairs on (to MONAI)
+    if extra and not hasattr(args, "overrides"):  # only a pass-through command (train) hands unknown keys on
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "train":
+    if extra:
         args.overrides = [*extra, *args.overrides]
     from medtransfer.errors import MedtransferError
 

@@ -78,7 +78,7 @@ NETWORK_TARGETS: dict[str, Callable] = {
     "monai.networks.nets.flexible_unet.FlexibleUNet": FlexibleUNet,
 }
 PREPROCESSING_TARGETS = ("medtransfer.data.eval_transforms", "medtransfer.data.transforms.eval_transforms")
-PREPROCESSING_ARGS = ("dimensions", "target_spacing", "with_label", "label_map")
+PREPROCESSING_ARGS = ("dimensions", "target_spacing", "with_label", "label_map", "channels")
 INFERER_TARGETS = ("SlidingWindowInferer", "monai.inferers.SlidingWindowInferer")
 INFERER_ARGS = ("roi_size", "sw_batch_size", "overlap", "mode")
 POSTPROCESSING_TARGETS = ("medtransfer.inference.transforms.inference_postprocessing",)
@@ -271,6 +271,7 @@ class SafeSpec:
     sw_batch_size: int
     overlap: float
     mode: str
+    channels: int = 1  # input channels the preprocessing checks and the network takes (grey 1, RGB 3, ...)
 
 
 def _refusal(bundle: Path, config_path: Path, problems: list[str]) -> UntrustedBundleError:
@@ -297,7 +298,13 @@ def _standard_chain(config: Mapping, spatial_dims, literals: _Literals) -> dict:
             isinstance(spacing, list) and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in spacing))):
         literals.problems.append(f"preprocessing: a Compose for spatial_dims {spatial_dims!r} / spacing {spacing!r}")
         return {"with_label": False}
-    expected = standalone.preprocessing_def(spatial_dims, spacing)
+    check = next((step for step in preprocessing.get("transforms") or []
+                  if isinstance(step, Mapping) and step.get("_target_") == "scripts.checks.ValidateCased"), {})
+    channels = check.get("channels", 1)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        literals.problems.append(f"preprocessing: ValidateCased channels = {channels!r} (a positive integer)")
+        return {"with_label": False}
+    expected = standalone.preprocessing_def(spatial_dims, spacing, channels)
     if preprocessing != expected:
         steps = preprocessing.get("transforms")
         steps = steps if isinstance(steps, list) else []
@@ -313,7 +320,7 @@ def _standard_chain(config: Mapping, spatial_dims, literals: _Literals) -> dict:
                 f"(standalone.preprocessing_def), which expects "
                 f"{wanted[first] if first < len(wanted) else '(nothing)'!r}")
         return {"with_label": False}
-    return {"dimensions": spatial_dims, "target_spacing": spacing, "with_label": False}
+    return {"dimensions": spatial_dims, "target_spacing": spacing, "with_label": False, "channels": channels}
 
 
 def _learned_postprocess(metadata: Mapping | None) -> dict | None:
@@ -344,7 +351,7 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
         target = post.get("_target_") if isinstance(post, Mapping) else post
         if _is_compose(post):
             learned = _learned_postprocess(metadata)
-            if post != standalone.postprocessing_def(learned):
+            if post != standalone.postprocessing_def(learned, pre_args.get("channels", 1)):
                 literals.problems.append("postprocessing: a Compose other than medtransfer's standard chain "
                                          "(standalone.postprocessing_def)"
                                          + (f" with the metadata's post-processing {learned}" if learned else ""))
@@ -376,6 +383,13 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
             f"{config_path}: the sliding-window size must be a list of {spatial_dims} integers "
             f"(inferer roi_size or top-level patch_size), got {roi_size!r}"
         )
+    channels = pre_args.get("channels", 1)
+    network_channels = network_args.get("in_channels", channels)
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1 or channels != network_channels:
+        raise BundleError(
+            f"{config_path}: the preprocessing checks for {channels!r} input channel(s) and network_def takes "
+            f"{network_channels!r}; they must be the same positive integer"
+        )
     spacing = pre_args.get("target_spacing")
     if spacing is not None and (
         not isinstance(spacing, list) or len(spacing) != spatial_dims
@@ -393,6 +407,7 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
         sw_batch_size=int(inferer_args.get("sw_batch_size", DEFAULT_SW_BATCH_SIZE)),
         overlap=float(inferer_args.get("overlap", DEFAULT_OVERLAP)),
         mode=str(inferer_args.get("mode", "constant")),
+        channels=channels,
     )
 
 
@@ -488,7 +503,7 @@ def load_bundle(bundle: str | Path, trusted: bool = False, device: str | torch.d
         return SegmentationModel(
             network=network,
             spatial_dims=spec.spatial_dims,
-            preprocessing=_eval_preprocessing(spec.spatial_dims, spec.target_spacing),
+            preprocessing=_eval_preprocessing(spec.spatial_dims, spec.target_spacing, spec.channels),
             roi_size=spec.roi_size,
             sw_batch_size=spec.sw_batch_size,
             overlap=spec.overlap,

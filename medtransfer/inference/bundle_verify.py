@@ -37,6 +37,7 @@ import torch
 
 from medtransfer import registry
 from medtransfer.inference.config_expressions import check_config_expressions
+from medtransfer.networks.config import network_input_channels
 
 # MONAI's published schema, byte for byte (see meta_schema.SOURCE.md); the URL Model Zoo metadata names.
 SCHEMA_PATH = Path(__file__).with_name("meta_schema.json")
@@ -197,9 +198,10 @@ def _weights_checks(bundle: Path, trusted: bool) -> dict[str, Callable[[], str |
             if (bundle / relative).exists():
                 check_weights_checksum(bundle, metadata, relative, required=True)
 
-    def random_volume(roi_size) -> torch.Tensor:
+    def random_volume(model, roi_size) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        return torch.rand(1, 1, *[2 * s for s in roi_size], generator=generator)
+        channels = network_input_channels(model) or 1
+        return torch.rand(1, channels, *[2 * s for s in roi_size], generator=generator)
 
     def export_check(relative: str, load: Callable) -> Callable[[], str | None]:
         def check():
@@ -208,7 +210,7 @@ def _weights_checks(bundle: Path, trusted: bool) -> dict[str, Callable[[], str |
             if isinstance(runner, str):
                 return runner
             model, roi_size = network()
-            result = compare_masks(model, runner, random_volume(roi_size), roi_size)
+            result = compare_masks(model, runner, random_volume(model, roi_size), roi_size)
             if not result["same_mask"]:
                 raise ValueError(
                     f"{relative} gives another mask than models/model.pt: {result['differing_beyond_ties']} of "

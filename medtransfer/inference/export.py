@@ -44,7 +44,7 @@ from medtransfer.inference.bundle_loading import (
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
 from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess, postprocessing_note
 from medtransfer.inference.standalone import REQUIRED_PACKAGES, StandaloneError, inference_config, write_scripts
-from medtransfer.networks.config import NetworkConfigError, total_stride
+from medtransfer.networks.config import NetworkConfigError, network_input_channels, total_stride
 from medtransfer.training.run_folder import RunDirectoryError, RunFolder, WrongTaskError
 from medtransfer.training.weights import WeightsError, load_weights
 
@@ -162,11 +162,24 @@ def _network_data_format(template_meta: dict, config: dict, manifest: dict, labe
     shape = [f"{multiple}*n"] * dims
     formats = json.loads(json.dumps(template_meta["network_data_format"]))
     image = formats["inputs"]["image"]
-    image.update({"spatial_shape": shape, "modality": manifest.get("modality", image.get("modality", "any"))})
+    image.update({"spatial_shape": shape, "modality": manifest.get("modality", image.get("modality", "any")),
+                  "num_channels": input_channels(manifest)})
     image["format"] = "hounsfield" if manifest.get("modality") == "CT" else image.get("format", "magnitude")
     pred = formats["outputs"]["pred"]
     pred.update({"spatial_shape": shape, "channel_def": {"0": "background", "1": label}})
     return formats
+
+
+def input_channels(manifest: dict) -> int:
+    """The training manifest's input channels (grey 1, RGB 3, MRI sequences): what the exported network takes."""
+    return int(manifest.get("channels", 1))
+
+
+def _channels_text(manifest: dict) -> str:
+    channels = input_channels(manifest)
+    names = manifest.get("channel_names")
+    named = f" ({', '.join(str(v) for v in names.values())})" if isinstance(names, dict) and names else ""
+    return "one grey channel" if channels == 1 else f"{channels} channels{named}, each normalised on its own"
 
 
 def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, target_spacing, version: str,
@@ -208,7 +221,7 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
             "description": (
                 f"{network}, trained with Dice+CE by medtransfer on {manifest.get('name')} "
                 f"(fraction {config.get('fraction')}, {data.get('n_training', '?')} training cases, seed "
-                f"{config.get('seed')}, transfer strategy {provenance['strategy']}). Input: one grey channel, "
+                f"{config.get('seed')}, transfer strategy {provenance['strategy']}). Input: {_channels_text(manifest)}, "
                 f"reoriented to RAS{' and resampled to ' + str(target_spacing) + ' mm' if target_spacing else ''}, "
                 f"scaled per image to [0, 1] (0.5-99.5 percentiles). Output: two-channel logits (background, {label}); "
                 f"argmax gives the binary mask, written back in the input's geometry."
@@ -218,7 +231,9 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
                 f"{manifest.get('source', manifest.get('name'))} (licence: {manifest.get('license', 'unknown')})"
             ),
             "data_type": "NIfTI volumes or DICOM series folders" if dims == 3 else "2D images (PNG, NIfTI)",
-            "image_classes": "single-channel grey image, normalised per image to [0, 1]",
+            "image_classes": ("single-channel grey image" if input_channels(manifest) == 1
+                              else f"{input_channels(manifest)}-channel image (channels first)")
+                             + ", normalised per image to [0, 1]",
             "label_classes": f"0 background, 1 {meaning}",
             "pred_classes": f"channel 0 background, channel 1 {label} (argmax gives the binary mask)",
             "references": list(template_meta.get("references", [])) + citations,
@@ -309,6 +324,8 @@ def model_card(meta: dict) -> str:
     geometry = ("Reoriented to RAS, " if dims == 3 else "") + (
         f"resampled to {pre['target_spacing']} mm, " if pre["target_spacing"] else "used at its own spacing, "
     )
+    num_channels = int(meta["network_data_format"]["inputs"]["image"].get("num_channels", 1))
+    input_text = "one grey channel" if num_channels == 1 else f"{num_channels} channels (e.g. an RGB image)"
     return f"""# {meta['name']}
 
 {meta['description']}
@@ -341,8 +358,8 @@ other scanners or populations.
   with {', '.join(f'{k} {v}' for k, v in (prov.get('versions_at_training') or {}).items())}.
 
 ## Input and output
-- Input: one grey channel per scan: a NIfTI file or a folder holding a DICOM series.
-  {geometry}scaled per image to [0, 1] (0.5–99.5 percentiles), segmented by sliding windows of
+- Input: {input_text} per scan: {meta['data_type']}.
+  {geometry}scaled per image to [0, 1] (0.5–99.5 percentiles{' per channel' if num_channels > 1 else ''}), segmented by sliding windows of
   {pre['sliding_window']['roi_size']}.
 - Output: a binary mask (uint8, 1 = {meta['network_data_format']['outputs']['pred']['channel_def']['1']}) with the
   input's own shape, orientation and spacing; for DICOM input also a DICOM-SEG referencing the source series.
@@ -444,7 +461,7 @@ def _torchscript(network: torch.nn.Module, roi_size: list[int], path: Path, meta
         scripted = torch.jit.script(network)
     except Exception as error:  # scripting fails on some modules; tracing covers fixed-topology U-Nets
         logger.warning("torch.jit.script failed (%s); tracing instead", error)
-        scripted = torch.jit.trace(network, torch.rand(1, 1, *roi_size))
+        scripted = torch.jit.trace(network, torch.rand(1, network_input_channels(network) or 1, *roi_size))
     extra = {"inference.json": json.dumps(json.loads(inference_text)).encode()}
     atomic_write(path, lambda stream: save_net_with_metadata(
         scripted, stream, include_config_vals=False, meta_values=meta, more_extra_files=extra))
@@ -458,7 +475,7 @@ def _check_literal_network(spec, network: torch.nn.Module, run: Path) -> None:
     except WeightsError as error:
         raise ExportError(f"{run}: the exported network_def does not fit the run's weights: {error}") from None
     generator = torch.Generator().manual_seed(0)
-    probe = torch.rand(1, 1, *spec.roi_size, generator=generator)
+    probe = torch.rand(1, spec.channels, *spec.roi_size, generator=generator)
     with torch.no_grad():
         same = torch.equal(literal.eval()(probe), network(probe))
     if not same:
@@ -478,7 +495,7 @@ def require_onnx() -> None:
 
 def _onnx(network: torch.nn.Module, roi_size: list[int], path: Path) -> None:
     require_onnx()
-    example = torch.rand(1, 1, *roi_size)
+    example = torch.rand(1, network_input_channels(network) or 1, *roi_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Sliding windows are always roi_size (smaller images are padded), so only the batch axis is dynamic.
     torch.onnx.export(
@@ -536,7 +553,7 @@ def export_bundle(
         raise ExportError(str(error)) from None
 
     try:
-        network = RunFolder(run).build_network()
+        network = RunFolder(run).build_network(in_channels=input_channels(manifest_content))
         load_weights(network, run / "model.pt")
     except (WeightsError, NetworkConfigError) as error:
         raise ExportError(str(error)) from None
@@ -546,7 +563,8 @@ def export_bundle(
     try:
         inference = inference_config(network, config, target_spacing, [int(s) for s in config["patch_size"]],
                                      template_spec.sw_batch_size, template_spec.overlap,
-                                     postprocess=learned_postprocess(record))
+                                     postprocess=learned_postprocess(record),
+                                     channels=input_channels(manifest_content))
     except StandaloneError as error:
         raise ExportError(f"{run}: {error}") from None
     text = json.dumps(inference, indent=2) + "\n"
@@ -586,7 +604,8 @@ def export_bundle(
             from medtransfer.inference.bundle_loading import _eval_preprocessing
 
             model = SegmentationModel(
-                network=network, spatial_dims=dims, preprocessing=_eval_preprocessing(dims, target_spacing),
+                network=network, spatial_dims=dims,
+                preprocessing=_eval_preprocessing(dims, target_spacing, input_channels(manifest_content)),
                 roi_size=spec.roi_size, sw_batch_size=spec.sw_batch_size, overlap=spec.overlap, source=str(run),
             )
             image, scan_name = _test_image(model, record, manifest_content, test_scan)

@@ -50,6 +50,7 @@ from medtransfer.inference.dicom_seg import (
 from medtransfer.inference.inputs import IMAGE_SUFFIXES
 from medtransfer.inference.model_info import CLINICAL_KEY
 from medtransfer.inference.postprocess import PostprocessError, apply_postprocessing, check_postprocessing
+from medtransfer.networks.config import network_input_channels
 from medtransfer.inference.inputs import is_dicom_file as _is_dicom
 
 logger = logging.getLogger(__name__)
@@ -134,13 +135,6 @@ def _target_spacing(model: SegmentationModel):
     return None
 
 
-def _input_channels(network: torch.nn.Module, spatial_dims: int) -> int | None:
-    for tensor in network.state_dict().values():
-        if tensor.ndim == spatial_dims + 2:  # the first convolution's weight: (out, in, *kernel)
-            return int(tensor.shape[1])
-    return None
-
-
 def check_ensemble(models: Sequence[SegmentationModel]) -> None:
     """Models whose probabilities can be averaged: same dimensions, channels, parameter shapes and preprocessing."""
     first = models[0]
@@ -149,8 +143,7 @@ def check_ensemble(models: Sequence[SegmentationModel]) -> None:
         where = f"ensemble: {other.source} vs {first.source}"
         if other.spatial_dims != first.spatial_dims:
             raise EnsembleError(f"{where}: {other.spatial_dims}D vs {first.spatial_dims}D models")
-        channels = (_input_channels(other.network, other.spatial_dims),
-                    _input_channels(first.network, first.spatial_dims))
+        channels = (network_input_channels(other.network), network_input_channels(first.network))
         if channels[0] != channels[1]:
             raise EnsembleError(f"{where}: {channels[0]} input channel(s) vs {channels[1]}")
         if type(other.network) is not type(first.network):

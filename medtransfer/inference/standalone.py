@@ -53,6 +53,7 @@ SCRIPTS: dict[str, tuple[str, dict[str, str]]] = {
     "scripts/postprocess.py": ("medtransfer.inference.postprocess", {}),
 }
 POSTPROCESS_STEP = "scripts.postprocess.PostprocessMaskd"
+MASK_STEP = "scripts.scan_loader.SingleChannelMaskd"
 SCRIPTS_INIT = '"""Code this bundle\'s configs/inference.json uses beyond MONAI (copied from medtransfer at export)."""\n'
 
 
@@ -69,8 +70,10 @@ def _plain(value):
     return value
 
 
-def network_def(network: torch.nn.Module, config: dict) -> dict:
-    """The run's network as a MONAI class with literal arguments (read off the built DynUNet itself)."""
+def network_def(network: torch.nn.Module, config: dict, channels: int = 1) -> dict:
+    """The run's network as a MONAI class with literal arguments (read off the built DynUNet itself).
+
+    ``channels``: the input channels of a FlexibleUNet (a DynUNet states its own)."""
     if isinstance(network, DynUNet):
         return {
             "_target_": DYNUNET,
@@ -92,44 +95,53 @@ def network_def(network: torch.nn.Module, config: dict) -> dict:
     if isinstance(network, FlexibleUNet):  # built by medtransfer.networks.build_resnet_unet
         arguments = {
             "_target_": FLEXIBLE_UNET,
-            "in_channels": 1,
+            "in_channels": int(channels),
             "out_channels": 2,
             "backbone": str(config["backbone"]),
             "pretrained": False,
             "spatial_dims": int(config["spatial_dims"]),
             "is_pad": True,
         }
-        channels = config.get("decoder_channels") or _BUILDER_DEFAULTS["decoder_channels"]
-        arguments["decoder_channels"] = [int(c) for c in channels]
+        decoder = config.get("decoder_channels") or _BUILDER_DEFAULTS["decoder_channels"]
+        arguments["decoder_channels"] = [int(c) for c in decoder]
         return arguments
     raise StandaloneError(f"no MONAI class with literal arguments describes a {type(network).__name__}")
 
 
-def preprocessing_def(spatial_dims: int, target_spacing) -> dict:
-    """medtransfer's inference chain (``eval_transforms(..., with_label=False)``) as MONAI transforms."""
+def preprocessing_def(spatial_dims: int, target_spacing, channels: int = 1) -> dict:
+    """medtransfer's inference chain (``eval_transforms(..., with_label=False, channels=...)``) as MONAI transforms.
+
+    A grey model's chain names no channel count (ValidateCased's default is one; one channel's percentiles are the
+    same channel-wise or not), so bundles exported before colour input existed still compare equal. A colour or
+    multi-channel model's chain checks its count and normalises each channel on its own, as training did."""
     keys = ["image"]
+    check = {"_target_": "scripts.checks.ValidateCased", "keys": keys, "dimensions": int(spatial_dims),
+             "label_map": None}
+    scale = {"_target_": "monai.transforms.ScaleIntensityRangePercentilesd", "keys": "image", **INTENSITY_PERCENTILES}
+    if int(channels) != 1:
+        check["channels"] = int(channels)
+        scale["channel_wise"] = True
     chain = [
         {"_target_": "scripts.scan_loader.LoadScand", "keys": keys, "image_only": True},
         {"_target_": "monai.transforms.EnsureChannelFirstd", "keys": keys},
-        {"_target_": "scripts.checks.ValidateCased", "keys": keys, "dimensions": int(spatial_dims), "label_map": None},
+        check,
     ]
     if int(spatial_dims) == 3:
         chain.append({"_target_": "monai.transforms.Orientationd", "keys": keys, "axcodes": "RAS"})
     if target_spacing:
         chain.append({"_target_": "monai.transforms.Spacingd", "keys": keys,
                       "pixdim": [float(s) for s in target_spacing], "mode": ["bilinear"]})
-    chain += [
-        {"_target_": "monai.transforms.ScaleIntensityRangePercentilesd", "keys": "image", **INTENSITY_PERCENTILES},
-        {"_target_": "monai.transforms.EnsureTyped", "keys": "image", "dtype": "float32"},
-    ]
+    chain += [scale, {"_target_": "monai.transforms.EnsureTyped", "keys": "image", "dtype": "float32"}]
     return {"_target_": COMPOSE, "transforms": chain}
 
 
-def postprocessing_def(postprocess: dict | None = None) -> dict:
+def postprocessing_def(postprocess: dict | None = None, channels: int = 1) -> dict:
     """argmax, [the learned post-processing on the network's grid,] back to the input's geometry (nearest),
     saved as uint8 ``<name>_seg<ext>``. ``postprocess``: PostprocessMaskd's arguments (run.json ``postprocessing``).
+    A model of colour or multi-channel input marks its mask as grey before saving (``SingleChannelMaskd``).
     """
     learned = [{"_target_": POSTPROCESS_STEP, "keys": "pred", **postprocess}] if postprocess else []
+    as_grey = [{"_target_": MASK_STEP, "keys": "pred"}] if int(channels) != 1 else []
     return {
         "_target_": COMPOSE,
         "transforms": [
@@ -137,6 +149,7 @@ def postprocessing_def(postprocess: dict | None = None) -> dict:
             *learned,
             {"_target_": "monai.transforms.Invertd", "keys": "pred", "transform": "@preprocessing",
              "orig_keys": "image", "nearest_interp": True, "to_tensor": True},
+            *as_grey,
             {"_target_": "monai.transforms.SaveImaged", "keys": "pred", "output_dir": "@output_dir",
              "output_postfix": "seg", "output_ext": "@output_ext", "output_dtype": "uint8",
              "separate_folder": False, "resample": False, "print_log": False},
@@ -154,8 +167,10 @@ def spacing_in(preprocessing) -> list | None:
 
 
 def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi_size, sw_batch_size: int = 4,
-                     overlap: float = 0.25, postprocess: dict | None = None) -> dict:
-    """The whole configs/inference.json: MONAI wiring, the run's settings as literal arguments."""
+                     overlap: float = 0.25, postprocess: dict | None = None, channels: int = 1) -> dict:
+    """The whole configs/inference.json: MONAI wiring, the run's settings as literal arguments.
+
+    ``channels``: the training manifest's input channels (grey 1, RGB 3, MRI sequences)."""
     dims = int(config["spatial_dims"])
     return {
         "bundle_root": ".",
@@ -165,9 +180,9 @@ def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi
         "output_ext": ".nii.gz",
         "checkpoint": "$@bundle_root + '/models/model.pt'",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "network_def": network_def(network, config),
+        "network_def": network_def(network, config, channels),
         "network": "$@network_def.to(@device)",
-        "preprocessing": preprocessing_def(dims, target_spacing),
+        "preprocessing": preprocessing_def(dims, target_spacing, channels),
         "dataset": {
             "_target_": "monai.data.Dataset",
             "data": {"_target_": "scripts.inputs.list_inputs", "input_dir": "@input_dir"},
@@ -177,7 +192,7 @@ def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi
                        "shuffle": False, "num_workers": 0},
         "inferer": {"_target_": "monai.inferers.SlidingWindowInferer", "roi_size": [int(s) for s in roi_size],
                     "sw_batch_size": int(sw_batch_size), "overlap": float(overlap)},
-        "postprocessing": postprocessing_def(postprocess),
+        "postprocessing": postprocessing_def(postprocess, channels),
         "handlers": [{"_target_": "monai.handlers.StatsHandler", "iteration_log": False}],
         "evaluator": {
             "_target_": "monai.engines.SupervisedEvaluator",
@@ -235,8 +250,10 @@ def sample_configs() -> list[dict]:
         for postprocess in (None, {"method": "keep_largest_component"}):
             configs.append(inference_config(network, {"spatial_dims": dims}, [1.0] * dims, [8] * dims,
                                             postprocess=postprocess))
+    colour = inference_config(build_dynunet(2, in_channels=3, filters=[4, 8, 16]), {"spatial_dims": 2}, None, [8, 8],
+                              channels=3)
     resnet = {**configs[0], "network_def": {**configs[0]["network_def"], "_target_": FLEXIBLE_UNET}}
-    return configs + [resnet]
+    return configs + [colour, resnet]
 
 
 def write_scripts(bundle: Path) -> list[str]:

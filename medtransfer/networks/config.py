@@ -62,3 +62,11 @@ def total_stride(network: nn.Module | Mapping | Sequence[int]) -> int:
     if isinstance(network, Sequence) and not isinstance(network, str):
         return 2 ** (len(network) - 1)
     raise TypeError(f"total_stride: cannot tell the stride of a {type(network).__name__}")
+
+
+def network_input_channels(model: nn.Module) -> int | None:
+    """Input channels of the first convolution of `model` (the network input), None without convolutions."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            return int(module.in_channels)
+    return None

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from medtransfer.networks.config import network_input_channels
+
 RULE_SUM = "summed over the input channels (timm adapt_input_conv)"
 RULE_REPEAT = "repeated over the input channels and scaled by have/want (timm adapt_input_conv)"
 
@@ -32,14 +34,6 @@ def input_conv_weight(weight: torch.Tensor, channels: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     repeats = math.ceil(channels / have)
     return weight.repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :channels] * (have / channels)
-
-
-def network_input_channels(model: nn.Module) -> int | None:
-    """Input channels of the first convolution of `model` (the network input), None without convolutions."""
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            return int(module.in_channels)
-    return None
 
 
 def adapt_input_channels(state: dict[str, torch.Tensor], model: nn.Module, notes: list[str]) -> dict[str, torch.Tensor]:

@@ -41,16 +41,17 @@ TINY_PATCH_2D = [64, 64]
 def make_run(
     folder: Path, test_data: Path, strategy: str = "encoder", status: str = "finished",
     source_checkpoint: str = "/somewhere/pretrain/contrastive_epoch10.pt", task: str = "segmentation",
-    spatial_dims: int = 3,
+    spatial_dims: int = 3, in_channels: int = 1, manifest: str | None = None, data_root: Path | None = None,
 ) -> Path:
-    """A finished run shaped like train.yaml + RunRecord leave it: 3D on msd_hippocampus, 2D on hc18_fetal_head."""
+    """A finished run shaped like train.yaml + RunRecord leave it: 3D on msd_hippocampus, 2D on hc18_fetal_head
+    (or on ``manifest`` under ``data_root``, with a network of ``in_channels``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    network = build_dynunet(spatial_dims, filters=TINY_FILTERS, init_seed=0)
+    network = build_dynunet(spatial_dims, in_channels=in_channels, filters=TINY_FILTERS, init_seed=0)
     save_torch(folder / "model.pt", {k: v.detach().clone() for k, v in network.state_dict().items()})
-    manifest = "msd_hippocampus" if spatial_dims == 3 else "hc18_fetal_head"
+    manifest = manifest or ("msd_hippocampus" if spatial_dims == 3 else "hc18_fetal_head")
     run_params = {
         "bundle": f"binary_seg_{spatial_dims}d", "task": task, "data_manifest": manifest,
-        "data_root": str(test_data / manifest), "fraction": 0.1, "seed": 3, "max_epochs": 2,
+        "data_root": str(data_root or test_data / manifest), "fraction": 0.1, "seed": 3, "max_epochs": 2,
         "iterations_per_epoch": 2, "batch_size": 1, "num_samples": 1, "learning_rate": 0.003,
         "patch_size": TINY_PATCH if spatial_dims == 3 else TINY_PATCH_2D, "filters": TINY_FILTERS,
         "spatial_dims": spatial_dims, "strategy": strategy,

@@ -287,3 +287,92 @@ def test_cli_export(exported, tmp_path, capsys):
     assert "exported" in capsys.readouterr().out and verify_bundle(tmp_path / "b")["ok"]
     assert _cli(["export", str(run), "--output", str(tmp_path / "b")]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def _rgb_data(folder: Path, count: int = 5) -> Path:
+    """A colour 2D data set (RGB PNGs whose channels differ) and its manifest, as `medtransfer data manifest` writes it."""
+    from PIL import Image
+
+    from medtransfer.data.manifest_builder import build_manifest
+
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for i in range(count):
+        rgb = (rng.random((70, 90, 3)) * 255).astype(np.uint8)
+        rgb[20:50, 30:60, 0] = 250  # a red lesion
+        rgb[..., 2] //= 3
+        Image.fromarray(rgb).save(folder / "images" / f"c{i}.png")
+        label = np.zeros((70, 90), np.uint8)
+        label[20:50, 30:60] = 1
+        Image.fromarray(label).save(folder / "labels" / f"c{i}.png")
+    content = build_manifest(folder, test_fraction=0.4, validation_fraction=0.2)
+    assert content["channels"] == 3
+    content["name"] = "colour_lesions"
+    path = folder / "colour_lesions.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_colour_run_exports_a_three_channel_bundle_that_plain_monai_and_segment_agree_on(test_data, tmp_path):
+    """A run on RGB images: the bundle's network takes 3 channels, its chain checks 3 and normalises each, the
+    metadata says 3, plain MONAI and `segment` give the same mask, and a grey image is refused naming the file."""
+    from PIL import Image
+
+    from medtransfer.inference.bundle_loading import BundleError, load_bundle
+    from medtransfer.inference.segment import segment
+
+    data = tmp_path / "colour"
+    manifest = _rgb_data(data)
+    run = make_run(tmp_path / "run", test_data, strategy="scratch", spatial_dims=2, in_channels=3,
+                   manifest="colour_lesions", data_root=data)
+    bundle = export_bundle(run, tmp_path / "colour_bundle", manifest=manifest, torchscript=True)
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["network_def"]["in_channels"] == 3
+    steps = {step["_target_"]: step for step in inference["preprocessing"]["transforms"]}
+    assert steps["scripts.checks.ValidateCased"]["channels"] == 3
+    assert steps["monai.transforms.ScaleIntensityRangePercentilesd"]["channel_wise"] is True
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert "Input: 3 channels" in meta["description"] and "3 channels" in (bundle / "docs" / "README.md").read_text()
+    assert meta["exports"]["torchscript"]["same_mask"] is True
+    assert load_bundle(bundle).network(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+    work = tmp_path / "collaborator"
+    shutil.copytree(bundle, work / "bundle")
+    (work / "scans").mkdir()
+    shutil.copy(data / "images" / "c0.png", work / "scans")
+    completed = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
+         "--meta_file", "bundle/configs/metadata.json", "--bundle_root", "bundle", "--input_dir", "scans",
+         "--output_dir", "masks"],
+        cwd=work, env=_without_medtransfer(work), capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    segment(bundle, work / "scans", tmp_path / "segmented", progress=False, precision="fp32")
+    plain, ours = nib.load(work / "masks" / "c0_seg.nii.gz"), nib.load(tmp_path / "segmented" / "c0_seg.nii.gz")
+    assert np.asarray(ours.dataobj).shape == (90, 70)  # one mask channel, the image's own grid
+    assert np.array_equal(np.asarray(plain.dataobj), np.asarray(ours.dataobj))
+
+    grey = tmp_path / "grey" / "scan.png"
+    grey.parent.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(grey)
+    [result] = segment(bundle, grey, tmp_path / "grey_out", progress=False)  # a failed scan; the others would go on
+    assert result.status == "failed" and result.output_nifti is None
+    assert "scan.png" in result.error and "expected 3 channels, got 1 channel(s)" in result.error, result.error
+
+
+def test_a_bundle_whose_network_and_chain_disagree_on_channels_is_refused(tmp_path, test_data):
+    from medtransfer.inference.bundle_loading import BundleError, load_bundle
+
+    data = tmp_path / "colour"
+    manifest = _rgb_data(data)
+    run = make_run(tmp_path / "run", test_data, strategy="scratch", spatial_dims=2, in_channels=3,
+                   manifest="colour_lesions", data_root=data)
+    bundle = export_bundle(run, tmp_path / "b", manifest=manifest)
+    path = bundle / "configs" / "inference.json"
+    inference = json.loads(path.read_text())
+    inference["network_def"]["in_channels"] = 1
+    path.write_text(json.dumps(inference))
+    with pytest.raises(BundleError, match="checks for 3 input channel.*network_def takes 1"):
+        load_bundle(bundle)

@@ -9,6 +9,8 @@ import torch
 from monai.networks.nets import DynUNet, FlexibleUNet
 from torch import nn
 
+from medtransfer.networks.config import network_input_channels
+
 
 def encoder_features(unet: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """Feature maps of every encoder level for a DynUNet or FlexibleUNet (the last one is the deepest)."""
@@ -26,7 +28,7 @@ def encoder_features(unet: nn.Module, images: torch.Tensor) -> list[torch.Tensor
 def bottleneck_channels(unet: nn.Module, spatial_dims: int, size: int = 32) -> int:
     """Channels of the deepest feature map, found by a forward pass on a small zero input."""
     with torch.no_grad():
-        probe = torch.zeros((1, 1) + (size,) * spatial_dims)
+        probe = torch.zeros((1, network_input_channels(unet) or 1) + (size,) * spatial_dims)
         training = unet.training
         unet.eval()
         channels = encoder_features(unet, probe)[-1].shape[1]

@@ -94,21 +94,22 @@ def build_objective(
         raise ValueError(f"unknown pretraining objective {name!r}; one of: {', '.join(OBJECTIVES)}")
     label_map = label_map if label_map is not None else manifest.label_map
     spacing = manifest.target_spacing
+    channels = manifest.channels  # grey 1, RGB 3, MRI sequences: the network's input (and a reconstruction's output)
     if name == "segmentation":
         _require_labels(name, manifest)
-        unet = build_dynunet(spatial_dims, filters=filters, init_seed=init_seed)
+        unet = build_dynunet(spatial_dims, in_channels=channels, filters=filters, init_seed=init_seed)
         from monai.losses import DiceCELoss
 
-        chain = train_transforms(spatial_dims, patch_size, label_map, spacing, num_samples)
+        chain = train_transforms(spatial_dims, patch_size, label_map, spacing, num_samples, channels=channels)
         return Objective(name, unet, unet, DiceCELoss(to_onehot_y=True, softmax=True), chain,
                          ("encoder", "decoder", "head"), True, details={"label_map": label_map})
     if name == "classification":
         _require_labels(name, manifest)
         classes = _class_count(manifest)
-        unet = build_dynunet(spatial_dims, filters=filters, init_seed=init_seed)
+        unet = build_dynunet(spatial_dims, in_channels=channels, filters=filters, init_seed=init_seed)
         network = ClassificationNetwork(unet, spatial_dims, classes)
         chain = Compose(
-            load_transforms(spatial_dims, label_map, spacing)
+            load_transforms(spatial_dims, label_map, spacing, channels=channels)
             + augmentation_transforms(patch_size, num_samples)
             + [PatchClassd()]
         )
@@ -116,8 +117,9 @@ def build_objective(
             "derived per patch: 0 no foreground, 1 foreground <= 5 %, 2 more"
         return Objective(name, network, unet, nn.CrossEntropyLoss(), chain, network.trained_parts, True,
                          details={"num_classes": classes, "class_source": source})
-    unet = build_dynunet(spatial_dims, out_channels=1, filters=filters, init_seed=init_seed)
-    unlabelled = load_transforms(spatial_dims, None, spacing, with_label=False)
+    unet = build_dynunet(spatial_dims, in_channels=channels, out_channels=channels, filters=filters,
+                         init_seed=init_seed)  # reconstructs every input channel
+    unlabelled = load_transforms(spatial_dims, None, spacing, with_label=False, channels=channels)
     if name == "reconstruction":
         from monai.transforms import RandSpatialCropSamplesd, SpatialPadd
 

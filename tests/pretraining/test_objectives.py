@@ -127,3 +127,29 @@ def test_segmentation_pretraining_on_one_label_via_label_map(test_data, tmp_path
     _pretrain(3, "segmentation", output, test_data, label_map={1: 1, 2: 0})
     record = json.loads((output / "run.json").read_text())
     assert record["pretraining"]["details"]["label_map"] == {"1": 1, "2": 0}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_colour_source_pretrains_and_transfers_into_a_grey_network(objective, tmp_path, medtransfer_home):
+    """A colour (RGB) source manifest: the pretrained U-Net takes 3 channels (a reconstruction also gives 3), and
+    its encoder loads into a grey target by the documented first-convolution rule (summed over channels)."""
+    from tests.inference.test_export import _rgb_data
+
+    data = tmp_path / "colour"
+    manifest = _rgb_data(data, count=8)
+    output = tmp_path / "pretrain"
+    filters = [8, 16, 32]
+    make_workflow(
+        2, configs=("train.yaml", "pretrain.yaml", f"pretrain/{objective}.yaml"), output_dir=str(output),
+        data_manifest=str(manifest), data_root=str(data), max_epochs=1, iterations_per_epoch=2, num_samples=1,
+        patch_size=[32, 32], filters=filters, batch_size=2, checkpoint_epochs=[1],
+    ).run()
+    state = torch.load(output / "pretrained.pt", weights_only=True)["state_dict"]
+    first = state["input_block.conv1.conv.weight"]
+    assert first.shape[1] == 3
+    if objective in ("reconstruction", "contrastive_reconstruction"):
+        assert state["output_block.conv.conv.weight"].shape[0] == 3  # every channel reconstructed
+    target = build_dynunet(2, filters=filters, init_seed=0)
+    report = ApplyTransfer(target, "encoder", source_checkpoint=str(output / "pretrained.pt")).apply()
+    assert torch.allclose(target.input_block.conv1.conv.weight, first.sum(dim=1, keepdim=True))
+    assert any("summed" in note for note in report["adapter_notes"]), report["adapter_notes"]

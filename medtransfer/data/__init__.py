@@ -2,7 +2,7 @@
 
 from medtransfer.data.checks import CaseError, ValidateCased
 from medtransfer.data.manifest import Manifest, ManifestError, fraction_key, nested_fractions
-from medtransfer.data.open import find_manifest, open_manifest
+from medtransfer.data.open import find_manifest, manifest_identity, open_manifest
 from medtransfer.data.transforms import eval_transforms, load_transforms, postprocessing, train_transforms
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "find_manifest",
     "fraction_key",
     "load_transforms",
+    "manifest_identity",
     "nested_fractions",
     "open_manifest",
     "postprocessing",

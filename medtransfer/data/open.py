@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -83,3 +85,16 @@ def open_manifest(
         )
     root = _resolve_data_root(content, manifest_path, data_root)
     return Manifest(path=manifest_path.resolve(), content=content, data_root=root)
+
+
+def manifest_identity(path: str | os.PathLike | None) -> str | None:
+    """``<name>@<sha256 of the content, 12 hex>`` of a manifest (found like find_manifest), None for None.
+
+    What a run's parameters record of a manifest it only reads (the transferability target): its identity, not the
+    path it was read from, so that a study moved to another checkout or data folder still resumes, and a changed
+    manifest is a changed run."""
+    if path is None:
+        return None
+    content = read_manifest_file(find_manifest(path))
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{content.get('name', Path(path).stem)}@{digest}"

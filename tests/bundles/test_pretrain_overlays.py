@@ -72,3 +72,30 @@ def test_ranks_above_zero_get_no_logging_handlers(spatial_dims, overlay):
     else:
         assert every_rank[0] == "medtransfer.handlers.ApplyTransfer"
         assert any("Validation" in target for target in every_rank)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_run_params_record_the_transferability_manifest_by_identity_not_path(spatial_dims, tmp_path):
+    """A study moved to another checkout (the manifest read from another path) still resumes its pretrainings;
+    a manifest with other content is another run."""
+    import json
+    import shutil
+
+    from tests.conftest import REPO_ROOT
+
+    shipped = REPO_ROOT / "data_manifests" / "synthetic_2d.json"
+    copy = tmp_path / "elsewhere" / "synthetic_2d.json"
+    copy.parent.mkdir()
+    shutil.copy(shipped, copy)
+    changed = tmp_path / "changed.json"
+    content = json.loads(shipped.read_text())
+    content["test"] = content["test"][:-1]
+    changed.write_text(json.dumps(content))
+    identities = []
+    for path in (shipped, copy, changed, None):
+        parser = _parser(spatial_dims, "train.yaml", "pretrain.yaml", "pretrain/reconstruction.yaml")
+        parser["transferability_manifest"] = None if path is None else str(path)
+        identities.append(parser.get_parsed_content("run_params#transferability_manifest"))
+    assert identities[0] == identities[1] and identities[0].startswith("synthetic_2d@")
+    assert identities[2] != identities[0] and identities[3] is None
+    assert str(tmp_path) not in json.dumps(identities)

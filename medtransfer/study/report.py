@@ -31,7 +31,7 @@ import numpy as np
 
 from medtransfer.atomic import atomic_write
 from medtransfer.evaluation.statistics import (MIN_SEEDS, METHOD, TOO_FEW_SEEDS, cell_summary, compare_cells, holm,
-                                               mean_ci, unit_observations)
+                                               mean_ci, paired_over_seeds, unit_observations)
 from medtransfer.study.analysis import COMPARISONS, summarise_cka, transferability_table
 from medtransfer.study.figures import write_figures
 from medtransfer.study.folder import STATUS_FILE, finished_record, load_study_dir, read_json, run_dir
@@ -79,6 +79,59 @@ def convergence(val_history: list[dict] | None, target: float | None,
         out["epochs_to_target"] = epoch
         out["iterations_to_target"] = epoch * iterations_per_epoch if iterations_per_epoch else None
     return out
+
+
+def budget_epochs(max_epochs: int | None) -> int:
+    """The fixed small budget of the report: a fifth of the fine-tunes' maximum epochs (at least 1)."""
+    return max(1, round((max_epochs or 5) / 5))
+
+
+def dice_at(val_history: list[dict] | None, epoch: int) -> float | None:
+    """Validation Dice at `epoch` (the last validation at or before it); None before the first validation."""
+    values = [value for e, value in _history(val_history) if e <= epoch]
+    return values[-1] if values else None
+
+
+def budget_and_convergence(records: dict[str, dict], budget: int) -> list[dict]:
+    """Per objective × strategy × fraction: validation Dice at the fixed small budget (`budget` epochs) against
+    the best validation Dice under the whole budget (at convergence: early stopping or the maximum epochs), each
+    with the t-interval over seeds, Δ against scratch at the same fraction (paired t over seeds, Holm within this
+    family), the median best epoch, and how many runs were still improving when the budget ended."""
+    cells: dict[tuple, dict[str, dict]] = defaultdict(lambda: {"budget": {}, "best": {}, "best_epoch": [],
+                                                               "improving": 0, "runs": 0})
+    for item in records.values():
+        run, record = item["run"], item["record"]
+        cell = cells[(run.objective, run.strategy, run.fraction)]
+        history = _history(record.get("val_history"))
+        if not history:
+            continue
+        cell["runs"] += 1
+        at_budget = dice_at(record.get("val_history"), budget)
+        if at_budget is not None:
+            cell["budget"][("val", run.seed)] = at_budget
+        cell["best"][("val", run.seed)] = max(value for _, value in history)
+        best_epoch = max(history, key=lambda h: h[1])[0]
+        cell["best_epoch"].append(best_epoch)
+        stopped = bool((record.get("early_stopping") or {}).get("stopped_early"))
+        cell["improving"] += int(not stopped and best_epoch == history[-1][0])
+    rows = []
+    for key in sorted(cells, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1] != BASELINE, k[1], k[2])):
+        cell = cells[key]
+        if not cell["runs"]:
+            continue
+        baseline = cells.get((NO_SOURCE, BASELINE, key[2]))
+        row = {"objective": key[0], "strategy": key[1], "fraction": key[2], "runs": cell["runs"],
+               "budget": cell_summary(cell["budget"]), "best": cell_summary(cell["best"]),
+               "best_epoch_median": float(np.median(cell["best_epoch"])), "improving": cell["improving"]}
+        if baseline is not None and key[1] != BASELINE:
+            row["budget_vs_scratch"] = paired_over_seeds(cell["budget"], baseline["budget"])
+            row["best_vs_scratch"] = paired_over_seeds(cell["best"], baseline["best"])
+        rows.append(row)
+    for kind in ("budget_vs_scratch", "best_vs_scratch"):
+        tested = [row[kind] for row in rows if kind in row]
+        for test, adjusted in zip(tested, holm(t["p"] for t in tested)):
+            test["p_holm"] = adjusted
+    return rows
 
 
 def _iterations_per_epoch(run: Run, record: dict) -> int | None:
@@ -160,8 +213,10 @@ def arm_label(objective: str, strategy: str) -> str:
     return strategy if objective == NO_SOURCE else f"{objective}/{strategy}"
 
 
-def analyse(rows: list[dict], records: dict[str, dict], comparisons: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    """The numbers summary.md and the figures show; `comparisons`: extra (arm, reference arm) pairs."""
+def analyse(rows: list[dict], records: dict[str, dict], comparisons: Iterable[tuple[str, str]] = (),
+            budget: int | None = None) -> dict[str, Any]:
+    """The numbers summary.md and the figures show; `comparisons`: extra (arm, reference arm) pairs; `budget`:
+    the fixed small budget in epochs (budget_epochs of the fine-tunes' max_epochs when None)."""
     grid = [row for row in rows if row.get("checkpoint_epoch") in (None, "")]
     cells = unit_observations(grid)  # slices of one volume are one observation
     order = sorted(cells, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1] != BASELINE, k[1], k[2]))
@@ -178,9 +233,11 @@ def analyse(rows: list[dict], records: dict[str, dict], comparisons: Iterable[tu
             speed[key].append(item["convergence"])
     unit = "volume" if any(row.get("volume") for row in rows) else "case"
     seeds = {row["seed"] for row in grid}
+    if budget is None:
+        budget = budget_epochs(max((item["run"].max_epochs or 0 for item in records.values()), default=None))
     return {"table": table, "tests": compared["comparisons"], "skipped": compared["skipped"],
             "family": compared["family"], "n_seeds": len(seeds), "curves": dict(curves), "convergence": dict(speed),
-            "unit": unit}
+            "unit": unit, "budget_epochs": budget, "budget": budget_and_convergence(records, budget)}
 
 
 # Markdown -------------------------------------------------------------------------------------------------
@@ -267,6 +324,7 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
         lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {len(runs)} | {len(reached)} of {len(runs)} | "
                      f"{'not reached' if not math.isfinite(median) else f'{median:g}'} | "
                      f"{_f(auc['mean'])} ± {_f(auc['sd'])} |")
+    lines += _budget_markdown(analysis.get("budget") or [], analysis.get("budget_epochs"))
     lines += _cka_markdown(analysis.get("cka") or [])
     lines += _transferability_markdown(analysis.get("transferability"))
     if figures:
@@ -282,6 +340,51 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     else:
         lines.append("None: every run finished.")
     return "\n".join(lines) + "\n"
+
+
+def _interval(summary: dict) -> str:
+    if summary.get("mean") is None:
+        return "–"
+    if summary.get("ci_low") is None:
+        return _f(summary["mean"])
+    return f"{_f(summary['mean'])} [{_f(summary['ci_low'])}, {_f(summary['ci_high'])}]"
+
+
+def _delta(test: dict | None) -> str:
+    if not test or test.get("estimate") is None:
+        return "–"
+    text = f"{test['estimate']:+.3f}"
+    if test.get("ci_low") is not None:
+        text += f" [{test['ci_low']:+.3f}, {test['ci_high']:+.3f}]"
+    if test.get("p_holm") is not None:
+        text += f", p<sub>Holm</sub> {_p(test['p_holm'])}" + ("*" if test["p_holm"] < 0.05 else "")
+    return text
+
+
+def _budget_markdown(rows: list[dict], budget: int | None) -> list[str]:
+    if not rows:
+        return []
+    improving = sum(row["improving"] for row in rows)
+    total = sum(row["runs"] for row in rows)
+    lines = ["", f"## Validation Dice at a fixed small budget ({budget} epochs) and at convergence", "",
+             f"*At {budget} epochs*: each run's validation Dice after {budget} epochs. *At convergence*: its best "
+             "validation Dice under the whole budget (fine-tunes stop on validation Dice with patience, under the "
+             "same maximum for every arm). Mean over seeds [95% t-interval over seeds]; Δ against `scratch` at the "
+             "same fraction, paired over seeds (Holm within each column's family). *Still improving*: runs whose best "
+             "validation came at their last epoch without an early stop, so the budget, not convergence, ended them. "
+             "Validation Dice, not test Dice: the test split is evaluated once, on the best-validation weights.", "",
+             f"**{improving} of {total} fine-tunes were still improving when the budget ended.**"
+             + (" Where most were, 'at convergence' means 'at the maximum budget'." if improving > total / 2 else ""),
+             "",
+             f"| objective | strategy | fraction | runs | at {budget} epochs | Δ vs scratch | at convergence | "
+             "Δ vs scratch | best epoch (median) | still improving |",
+             "|---|---|---:|---:|---|---|---|---|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['objective']} | {row['strategy']} | {row['fraction']:g} | {row['runs']} | "
+                     f"{_interval(row['budget'])} | {_delta(row.get('budget_vs_scratch'))} | "
+                     f"{_interval(row['best'])} | {_delta(row.get('best_vs_scratch'))} | "
+                     f"{row['best_epoch_median']:g} | {row['improving']} of {row['runs']} |")
+    return lines
 
 
 def _cka_markdown(table: list[dict]) -> list[str]:

@@ -70,13 +70,15 @@ def busbra_manifest(data_root: Path) -> dict:
     )
 
 
-def busi_manifest(data_root: Path) -> dict:
+def busi_manifest(data_root: Path, near_duplicates: bool = True, name: str = "busi_breast_us_lesions") -> dict:
+    """The shipped BUSI manifest; `near_duplicates=False` gives the naive image-level split of the same seed
+    (benchmarks/busi_split_leak.py measures what that leaks)."""
     folder = data_root / "busi_breast_us_lesions"
     rows = _rows(folder)
     fields = {row["file"][:-4]: {"class": CLASSES[row["class"]]} for row in rows}
     return build_manifest(
-        folder, name="busi_breast_us_lesions", seed=SPLIT_SEED, test_fraction=0.2, validation_fraction=0.1,
-        case_fields=fields,
+        folder, name=name, seed=SPLIT_SEED, test_fraction=0.2, validation_fraction=0.1,
+        case_fields=fields, near_duplicates=near_duplicates,
         modality="US",
         license="no licence stated by the authors; published as an open data set with an open-access (CC BY 4.0) "
                 "Data in Brief article, Kaggle mirror labelled CC0 1.0: free for research use, cite the paper",

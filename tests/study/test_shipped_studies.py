@@ -30,3 +30,17 @@ def test_cross_dataset_study_pretrains_on_busbra_and_fine_tunes_on_busi(name, fi
     assert sorted({run.fraction for run in tunes}) == fractions
     assert {run.strategy for run in tunes} == {"scratch", "encoder", "decoder", "full", "encoder_frozen",
                                               "random_encoder_frozen"}
+
+
+def test_wide_random_frozen_control_differs_from_the_cross_dataset_study_in_width_only(test_data):
+    """The width comparison of random_encoder_frozen is fair only if nothing but `filters` differs."""
+    narrow = load_study(STUDIES / "breast_us_cross_dataset.yaml", data_root=str(test_data))
+    wide = load_study(STUDIES / "breast_us_random_frozen_wide.yaml", data_root=str(test_data))
+    assert wide.target.digest == narrow.target.digest and wide.finetune_settings == narrow.finetune_settings
+    assert {k: v for k, v in wide.settings.items() if k != "filters"} == \
+        {k: v for k, v in narrow.settings.items() if k != "filters"}
+    assert narrow.settings["filters"] == [16, 32, 64, 128] and wide.settings["filters"] == [32, 64, 128, 256]
+    runs = wide.expand()
+    assert {(run.strategy, run.fraction) for run in runs} == {
+        (s, f) for s in ("scratch", "random_encoder_frozen") for f in (0.05, 0.25)}
+    assert len(runs) == 12 and set(narrow.seeds) == {run.seed for run in runs}

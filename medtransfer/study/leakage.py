@@ -176,12 +176,16 @@ def check_study_leakage(spec: StudySpec, cache: bool = True) -> list[StageLeakag
     return results
 
 
-def save_leakage(study_dir: str | Path, results: list[StageLeakage]) -> Path:
+def save_leakage(study_dir: str | Path, results: list[StageLeakage], unchecked: list[dict] | None = None) -> Path:
+    """leakage.json: every stage's overlaps, and the checkpoint sources (`unchecked`, the spec's
+    checkpoint_sources) whose training data no guard can see."""
     from medtransfer.atomic import save_json
 
     path = Path(study_dir) / RECORD
     save_json(path, {"stages": [{**asdict(r), "target_labels_used": r.target_labels_used,
-                                 "target_images_used": r.target_images_used} for r in results]})
+                                 "target_images_used": r.target_images_used} for r in results],
+                     "unchecked_sources": [{k: source[k] for k in ("name", "checkpoint", "sha256", "trained_on")}
+                                           for source in unchecked or []]})
     return path
 
 
@@ -198,7 +202,16 @@ def target_labels_used(study_dir: str | Path) -> dict[str, int]:
 
 
 def target_label_sentences(study_dir: str | Path) -> list[str]:
-    """One plain sentence per pretraining stage that learnt from target labels, for summary.md."""
-    return [f"Source `{stage}` used {count} target label{'s' if count != 1 else ''} (target training/validation "
-            f"cases whose masks it learnt from; the study file allows it with `target_labels: allowed`)."
-            for stage, count in target_labels_used(study_dir).items() if count]
+    """One plain sentence per pretraining stage that learnt from target labels, and one per checkpoint source
+    the guard could not check, for summary.md."""
+    sentences = [f"Source `{stage}` used {count} target label{'s' if count != 1 else ''} (target training/validation "
+                 f"cases whose masks it learnt from; the study file allows it with `target_labels: allowed`)."
+                 for stage, count in target_labels_used(study_dir).items() if count]
+    try:
+        unchecked = json.loads((Path(study_dir) / RECORD).read_text()).get("unchecked_sources") or []
+    except (OSError, ValueError):
+        unchecked = []
+    sentences += [f"Source `{source['name']}` is a checkpoint file (sha256 {source['sha256'][:12]}…, trained on: "
+                  f"{source.get('trained_on') or 'not stated'}): the leakage guard cannot see what it was trained on, "
+                  f"so its overlap with the target's test images is unknown." for source in unchecked]
+    return sentences

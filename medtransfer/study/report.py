@@ -35,6 +35,7 @@ from medtransfer.evaluation.statistics import (MIN_SEEDS, METHOD, TOO_FEW_SEEDS,
 from medtransfer.study.analysis import COMPARISONS, summarise_cka, transferability_table
 from medtransfer.study.figures import write_figures
 from medtransfer.study.folder import STATUS_FILE, finished_record, load_study_dir, read_json, run_dir
+from medtransfer.study.leakage import target_label_sentences
 from medtransfer.study.spec import NO_SOURCE, Run, StudySpec
 
 __all__ = ["holm", "mean_ci", "analyse", "collect", "write_report", "write_csv", "convergence", "validation_auc"]
@@ -254,14 +255,20 @@ def _p(value) -> str:
 
 
 def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_runs: int, figures: list[str],
-                     wall_seconds: float) -> str:
+                     wall_seconds: float, data_notes: Iterable[str] = ()) -> str:
+    """`data_notes`: sentences on what the sources saw of the target (leakage.target_label_sentences)."""
     lines = [f"# Study `{spec.name}`", ""]
-    stages = ", ".join(f"{s['name']} ({s['objective']} on {s['data_manifest']})" for s in spec.stages)
+    stages = ", ".join([f"{s['name']} ({s['objective']} on {s['data_manifest']})" for s in spec.stages]
+                       + [f"{s['name']} (checkpoint file {Path(s['checkpoint']).name})"
+                          for s in getattr(spec, "checkpoint_sources", None) or []])
     lines += [f"- study file: `{spec.source_file}` (content hash `{spec.content_hash}`)",
               f"- bundle: `{spec.bundle_root.name}`; target data: `{spec.target.name}`; "
               f"pretraining: {stages or 'none'}",
               f"- runs: {n_runs - len(problems)} of {n_runs} finished; Σ fine-tune wall time {wall_seconds / 60:.1f} min",
               f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
+    notes = list(data_notes)
+    if notes:
+        lines += ["**What the sources saw of the target:**", ""] + [f"- {note}" for note in notes] + [""]
     unit = "test volume" if analysis.get("unit") == "volume" else "test case"
     per_volume = ("A slice data set: each volume's slice Dice are averaged first (slices of one patient are not "
                   "independent observations). ") if unit == "test volume" else ""
@@ -456,7 +463,7 @@ def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: 
         written = write_figures(study_dir / "figures", analysis)
     n_runs = len(spec.expand())
     wall = sum(float(item["record"].get("wall_time_seconds") or 0.0) for item in records.values())
-    text = summary_markdown(spec, analysis, problems, n_runs, written, wall)
+    text = summary_markdown(spec, analysis, problems, n_runs, written, wall, target_label_sentences(study_dir))
     atomic_write(study_dir / "summary.md", lambda stream: stream.write(text.encode()))
     return {"results": str(study_dir / "results.csv"), "summary": str(study_dir / "summary.md"),
             "figures": written, "n_rows": len(rows), "problems": problems}

@@ -195,7 +195,8 @@ class StudyRunner:
         folder = run_dir(self.study_dir, run)
         record = RunFolder(folder).record
         overwrite = bool(record and record.get("status") == "finished")  # finished, but weights do not verify
-        source = run_dir(self.study_dir, run.depends_on) / run.source_file if run.depends_on else None
+        source = (run_dir(self.study_dir, run.depends_on) / run.source_file if run.depends_on
+                  else Path(run.checkpoint_path) if run.checkpoint_path else None)
         return self.command_factory(run, self.spec.bundle_root, folder, source_checkpoint=source,
                                     overwrite=overwrite), overwrite
 
@@ -310,7 +311,7 @@ def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | 
     from medtransfer.study.leakage import save_leakage
 
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
-    save_leakage(study_dir, leakage)
+    save_leakage(study_dir, leakage, spec.checkpoint_sources)
     engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
     try:
         outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()

@@ -31,6 +31,13 @@ A study file is YAML::
       - [encoder, encoder_frozen]   # a strategy (compared within each pretraining stage) or stage/strategy
       - [conrec/encoder, supervised/encoder]
 
+A `pretraining` entry may instead name a checkpoint file that is not trained by the study (public weights, a
+run of another study): ``{name: mouse_sc, checkpoint: ../shared/checkpoints/x/model.pt, source_network: auto,
+trained_on: "mouse spinal cord MRI"}``. Its fine-tunes load that file (`source_network: auto` builds the file's own
+architecture, as `medtransfer train --source_network auto`); their ids hash the file's sha256, so other weights are
+other runs. The path is relative to the study file. The leakage guard cannot see what such a file was trained on:
+the study records it as unchecked, with the `trained_on` the study file states.
+
 Strategies that load nothing (scratch, random_encoder_frozen) do not depend on a pretraining stage: they
 run once per fraction × seed (objective "none"). Every run id ends with 8 hex digits hashing the run's full
 parameters (shared settings, the data manifest's content, and for fine-tunes the pretraining run id), so a
@@ -60,6 +67,7 @@ ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
 STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings",
               "target_labels"}
+CHECKPOINT_SOURCE_KEYS = {"name", "checkpoint", "source_network", "trained_on"}
 FINETUNE_KEYS = {"strategies", "fractions", "seeds", "settings"}
 # Bundle keys the study sets itself, per run: not allowed in `settings`.
 RESERVED_SETTINGS = {"output_dir", "data_manifest", "data_root", "fraction", "seed", "strategy", "source_checkpoint",
@@ -107,6 +115,7 @@ class Run:
     source: str | None = None  # source manifest name (pretraining runs)
     source_file: str = "pretrained.pt"  # which file of the pretraining run a fine-tune loads
     checkpoint_epoch: int | None = None  # fine-tunes from an intermediate checkpoint (transferability analysis)
+    checkpoint_path: str | None = None  # fine-tunes from a checkpoint source: the file (no pretraining run)
 
     @property
     def max_epochs(self) -> int | None:
@@ -146,6 +155,7 @@ class StudySpec:
     analysis: dict = field(default_factory=dict)
     trusted: bool = False  # settings may hold MONAI expressions (`study run --trusted`)
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (arm, reference arm), report statistics
+    checkpoint_sources: list[dict] = field(default_factory=list)  # pretraining entries that name a file
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
@@ -190,17 +200,25 @@ class StudySpec:
         settings = {**self.settings, **self.finetune_settings}
         for strategy in self.strategies:
             sources = [NO_SOURCE] if not STRATEGIES[strategy].load else [stage["name"] for stage in self.stages]
+            files = [] if not STRATEGIES[strategy].load else self.checkpoint_sources
             for source in sources:
                 for fraction in self.fractions:
                     for seed in self.seeds:
                         runs.append(self._finetune_run(source, stage_runs.get(source), strategy, fraction, seed,
                                                        settings))
+            for checkpoint in files:
+                for fraction in self.fractions:
+                    for seed in self.seeds:
+                        runs.append(self._finetune_run(checkpoint["name"], None, strategy, fraction, seed, settings,
+                                                       checkpoint_source=checkpoint))
         runs += self._checkpoint_runs(stage_runs, settings)
         return runs
 
     def _finetune_run(self, source: str, pre: Run | None, strategy: str, fraction: float, seed: int, settings: dict,
-                      checkpoint_epoch: int | None = None, source_file: str = "pretrained.pt") -> Run:
-        """One fine-tune; its id hashes everything it depends on (a checkpoint fine-tune also its epoch)."""
+                      checkpoint_epoch: int | None = None, source_file: str = "pretrained.pt",
+                      checkpoint_source: dict | None = None) -> Run:
+        """One fine-tune; its id hashes everything it depends on (a checkpoint fine-tune also its epoch, a
+        checkpoint source its file's sha256 and architecture rule)."""
         params = {
             "kind": "finetune",
             "bundle": self.bundle_root.name,
@@ -216,14 +234,20 @@ class StudySpec:
         if checkpoint_epoch is not None:
             params["source_checkpoint_epoch"] = checkpoint_epoch
             label += f"-e{checkpoint_epoch}"
+        if checkpoint_source is not None:
+            params["source_checkpoint_sha256"] = checkpoint_source["sha256"]
+            params["source_network"] = checkpoint_source["source_network"]
         run_id = f"ft-{label}-{strategy}-f{_fraction_text(fraction)}-s{seed}-{_hash(params)}"
         args = {**settings, "data_manifest": str(self.target.path), "fraction": fraction, "seed": seed}
         if self.target.data_root:
             args["data_root"] = self.target.data_root
+        if checkpoint_source is not None and checkpoint_source["source_network"]:
+            args["source_network"] = checkpoint_source["source_network"]
         return Run(run_id, "finetune", source, strategy, fraction, seed,
                    registry.transfer_config_files(self.bundle_root, strategy), args, params,
                    depends_on=pre.run_id if pre else None, source_file=source_file,
-                   checkpoint_epoch=checkpoint_epoch)
+                   checkpoint_epoch=checkpoint_epoch,
+                   checkpoint_path=checkpoint_source["checkpoint"] if checkpoint_source else None)
 
     def _checkpoint_runs(self, stage_runs: dict[str, Run], settings: dict) -> list[Run]:
         """Fine-tunes from every scheduled checkpoint of every pretraining run (analysis.transferability).
@@ -369,6 +393,28 @@ def _check_fractions(fractions: list[float], info: ManifestInfo, where: str) -> 
                  f"{', '.join(sorted(info.content['fractions'], key=float))}")
 
 
+def _checkpoint_source(raw: dict, where: str, base: Path) -> dict:
+    """A `pretraining` entry naming a checkpoint file: validated, resolved against the study file's folder."""
+    from medtransfer.atomic import sha256_of
+
+    unknown = set(raw) - CHECKPOINT_SOURCE_KEYS
+    _require(not unknown, f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a checkpoint source (allowed: "
+                          f"{', '.join(sorted(CHECKPOINT_SOURCE_KEYS))}; a checkpoint is not trained by the study)")
+    _require(isinstance(raw["checkpoint"], str) and raw["checkpoint"], f"{where}.checkpoint: a file path")
+    path = Path(raw["checkpoint"]).expanduser()
+    path = path if path.is_absolute() else base / path
+    _require(path.is_file(), f"{where}.checkpoint: no such file: {path}")
+    network = raw.get("source_network")
+    _require(network in (None, "auto"), f"{where}.source_network: `auto` (build the file's own architecture) or "
+                                        f"absent (the study's network), not {network!r}")
+    trained_on = raw.get("trained_on")
+    _require(trained_on is None or isinstance(trained_on, str), f"{where}.trained_on: a sentence, e.g. the data set")
+    name = _check_name(raw.get("name") or _slug(path.stem), f"{where}.name")
+    _require(name != NO_SOURCE, f"{where}: {NO_SOURCE!r} is reserved for runs without a source")
+    return {"name": name, "checkpoint": str(path.resolve()), "sha256": sha256_of(path), "source_network": network,
+            "trained_on": trained_on}
+
+
 def _check_analysis(raw: Any, stages: list[dict], strategies: list[str], fractions: list[float],
                     target: ManifestInfo) -> dict:
     """The `analysis` block with defaults filled in; {} when absent."""
@@ -461,10 +507,14 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
                  f"data manifest {target_name!r} ({target.path}): the {split} split is empty, but it {role}; rebuild "
                  f"the manifest with `medtransfer data manifest --{split}-fraction 0.2` (a value in (0, 1))")
 
-    stages = []
+    stages: list[dict] = []
+    checkpoint_sources: list[dict] = []
     for index, raw in enumerate(content.get("pretraining") or []):
         where = f"pretraining[{index}]"
         _require(isinstance(raw, dict), f"{where}: must be a mapping")
+        if "checkpoint" in raw:
+            checkpoint_sources.append(_checkpoint_source(raw, where, base))
+            continue
         unknown = set(raw) - STAGE_KEYS
         _require(not unknown, f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         objective = raw.get("objective")
@@ -521,9 +571,12 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     fractions = _numbers(finetune.get("fractions"), "finetune.fractions")
     _check_fractions(fractions, target, "finetune")
     seeds = _numbers(finetune.get("seeds"), "finetune.seeds", int)
+    names = [source["name"] for source in stages + checkpoint_sources]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    _require(not twice, f"pretraining: two sources named {', '.join(twice)}; give one another `name`")
     analysis = _check_analysis(content.get("analysis"), stages, strategies, fractions, target)
     needs_source = [s for s in strategies if STRATEGIES[s].load]
-    _require(not needs_source or stages,
+    _require(not needs_source or stages or checkpoint_sources,
              f"finetune: strategies {', '.join(needs_source)} load pretrained weights but there is no pretraining stage")
     spec = StudySpec(
         content=content,
@@ -541,7 +594,8 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         manifests=manifests,
         analysis=analysis,
         trusted=trusted,
-        comparisons=_check_comparisons(content.get("comparisons"), stages, strategies),
+        comparisons=_check_comparisons(content.get("comparisons"), stages + checkpoint_sources, strategies),
+        checkpoint_sources=checkpoint_sources,
     )
     runs = spec.expand()
     _require(any(run.kind == "finetune" for run in runs),

@@ -98,3 +98,48 @@ def test_error_tail_keeps_the_last_traceback():
     log = "noise\nTraceback (most recent call last)\n  old\nValueError: old\nmore\n" \
           "Traceback (most recent call last)\n  File x\nRuntimeError: new\n"
     assert error_tail(log) == "Traceback (most recent call last)\n  File x\nRuntimeError: new"
+
+
+def test_a_checkpoint_source_fine_tunes_from_its_file_and_is_reported_as_unchecked(tmp_path, medtransfer_home):
+    """A `pretraining` entry naming a file: no pretraining run, every loading strategy starts from the file, the ids
+    hash its content, and leakage.json / summary.md say the guard could not check it."""
+    weights = tmp_path / "weights" / "public_unet.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"pretend weights")
+    content = tiny_study(pretraining=[{"name": "public", "checkpoint": "weights/public_unet.pt",
+                                       "trained_on": "an outside MRI data set"}])
+    study_file = write_study(tmp_path, content)
+    study_dir = tmp_path / "out"
+    outcome = run_study(study_file, study_dir, workers=2, progress=False, command_factory=fake_command())
+    assert outcome["counts"]["finished"] == 12 and outcome["counts"]["failed"] == 0  # 4 scratch + 8, no pretraining
+    sources = [p.read_text() for p in (study_dir / "runs").glob("ft-public-*/invocations.txt")]
+    assert len(sources) == 8 and all(f"--source {weights}" in text for text in sources)
+    record = json.loads((study_dir / "leakage.json").read_text())
+    assert record["unchecked_sources"][0]["name"] == "public"
+    assert record["unchecked_sources"][0]["trained_on"] == "an outside MRI data set"
+    summary = (study_dir / "summary.md").read_text()
+    assert "public (checkpoint file public_unet.pt)" in summary
+    assert "Source `public` is a checkpoint file" in summary and "cannot see what it was trained on" in summary
+    assert "| public | encoder | 0.1 | scratch |" in summary
+
+    from medtransfer.study.spec import parse_study
+
+    ids = {r.run_id for r in parse_study(content, base=tmp_path).expand()}
+    weights.write_bytes(b"other weights")
+    changed = {r.run_id for r in parse_study(content, base=tmp_path).expand()}
+    assert {i for i in ids if i.startswith("ft-none")} == {i for i in changed if i.startswith("ft-none")}
+    assert {i for i in ids if i.startswith("ft-public")}.isdisjoint(changed)  # other weights are other runs
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"checkpoint": "missing.pt"}, "no such file"),
+    ({"checkpoint": "w.pt", "objective": "segmentation"}, "unknown key(s) objective for a checkpoint source"),
+    ({"checkpoint": "w.pt", "source_network": "resnet"}, "source_network: `auto`"),
+    ({"checkpoint": "w.pt", "name": "none"}, "reserved"),
+])
+def test_bad_checkpoint_sources_are_refused_before_training(entry, message, tmp_path, medtransfer_home):
+    from medtransfer.study.spec import parse_study
+
+    (tmp_path / "w.pt").write_bytes(b"x")
+    with pytest.raises(StudyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_study(tiny_study(pretraining=[entry]), base=tmp_path)

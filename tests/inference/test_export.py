@@ -223,6 +223,17 @@ def _scans(spatial_dims: int, test_data: Path, folder: Path) -> Path:
     return scans
 
 
+def _plain_monai_run(work: Path) -> None:
+    """`python -m monai.bundle run` of work/bundle on work/scans into work/masks, where medtransfer cannot be imported."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
+         "--meta_file", "bundle/configs/metadata.json", "--bundle_root", "bundle", "--input_dir", "scans",
+         "--output_dir", "masks"],
+        cwd=work, env=_without_medtransfer(work), capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_exported_bundle_runs_with_plain_monai_and_gives_segment_s_mask(spatial_dims, exported, exported_2d,
                                                                          test_data, tmp_path):
@@ -233,13 +244,7 @@ def test_exported_bundle_runs_with_plain_monai_and_gives_segment_s_mask(spatial_
     work = tmp_path / "collaborator"
     shutil.copytree(bundle, work / "bundle")
     scans = _scans(spatial_dims, test_data, work)
-    completed = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
-         "--meta_file", "bundle/configs/metadata.json", "--bundle_root", "bundle", "--input_dir", "scans",
-         "--output_dir", "masks"],
-        cwd=work, env=_without_medtransfer(work), capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    _plain_monai_run(work)
     # plain MONAI runs the exported inference.json in fp32 (its evaluator autocasts only on CUDA): compare alike
     segment(bundle, scans, tmp_path / "segmented", progress=False, precision="fp32")
     names = sorted(p.name for p in (work / "masks").iterdir())
@@ -319,7 +324,7 @@ def test_colour_run_exports_a_three_channel_bundle_that_plain_monai_and_segment_
     metadata says 3, plain MONAI and `segment` give the same mask, and a grey image is refused naming the file."""
     from PIL import Image
 
-    from medtransfer.inference.bundle_loading import BundleError, load_bundle
+    from medtransfer.inference.bundle_loading import load_bundle
     from medtransfer.inference.segment import segment
 
     data = tmp_path / "colour"
@@ -342,13 +347,7 @@ def test_colour_run_exports_a_three_channel_bundle_that_plain_monai_and_segment_
     shutil.copytree(bundle, work / "bundle")
     (work / "scans").mkdir()
     shutil.copy(data / "images" / "c0.png", work / "scans")
-    completed = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
-         "--meta_file", "bundle/configs/metadata.json", "--bundle_root", "bundle", "--input_dir", "scans",
-         "--output_dir", "masks"],
-        cwd=work, env=_without_medtransfer(work), capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    _plain_monai_run(work)
     segment(bundle, work / "scans", tmp_path / "segmented", progress=False, precision="fp32")
     plain, ours = nib.load(work / "masks" / "c0_seg.nii.gz"), nib.load(tmp_path / "segmented" / "c0_seg.nii.gz")
     assert np.asarray(ours.dataobj).shape == (90, 70)  # one mask channel, the image's own grid

@@ -1,6 +1,6 @@
 """Pretraining objectives, heads, losses and corruptions on the shared U-Net encoder."""
 
 from medtransfer.pretraining.losses import ConRecLoss, nt_xent
-from medtransfer.pretraining.objectives import OBJECTIVES, Objective, build_objective
+from medtransfer.pretraining.objectives import OBJECTIVES, TRAINED_PARTS, Objective, build_objective
 
-__all__ = ["OBJECTIVES", "ConRecLoss", "Objective", "build_objective", "nt_xent"]
+__all__ = ["OBJECTIVES", "TRAINED_PARTS", "ConRecLoss", "Objective", "build_objective", "nt_xent"]

@@ -30,6 +30,13 @@ from medtransfer.pretraining.networks import ClassificationNetwork, ConRecNetwor
 from medtransfer.pretraining.views import PatchClassd, corrupted_input, two_views
 
 OBJECTIVES = ("segmentation", "classification", "reconstruction", "contrastive_reconstruction")
+# U-Net parts each objective trains (and so stores in pretrained.pt): what a transfer strategy can load from it
+TRAINED_PARTS = {
+    "segmentation": ("encoder", "decoder", "head"),
+    "classification": ClassificationNetwork.trained_parts,
+    "reconstruction": ReconstructionNetwork.trained_parts,
+    "contrastive_reconstruction": ConRecNetwork.trained_parts,
+}
 NUM_DERIVED_CLASSES = 3
 
 

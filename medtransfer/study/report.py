@@ -266,9 +266,9 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
               f"pretraining: {stages or 'none'}",
               f"- runs: {n_runs - len(problems)} of {n_runs} finished; Σ fine-tune wall time {wall_seconds / 60:.1f} min",
               f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
-    notes = list(data_notes)
+    notes = list(data_notes) + (spec.not_planned() if hasattr(spec, "not_planned") else [])
     if notes:
-        lines += ["**What the sources saw of the target:**", ""] + [f"- {note}" for note in notes] + [""]
+        lines += ["**What the sources saw of the target, and what the grid leaves out:**", ""] + [f"- {note}" for note in notes] + [""]
     unit = "test volume" if analysis.get("unit") == "volume" else "test case"
     per_volume = ("A slice data set: each volume's slice Dice are averaged first (slices of one patient are not "
                   "independent observations). ") if unit == "test volume" else ""

@@ -199,7 +199,8 @@ class StudySpec:
             runs.append(run)
         settings = {**self.settings, **self.finetune_settings}
         for strategy in self.strategies:
-            sources = [NO_SOURCE] if not STRATEGIES[strategy].load else [stage["name"] for stage in self.stages]
+            sources = [NO_SOURCE] if not STRATEGIES[strategy].load else [
+                stage["name"] for stage in self.stages if not _unplannable(stage, strategy)]
             files = [] if not STRATEGIES[strategy].load else self.checkpoint_sources
             for source in sources:
                 for fraction in self.fractions:
@@ -213,6 +214,20 @@ class StudySpec:
                                                        checkpoint_source=checkpoint))
         runs += self._checkpoint_runs(stage_runs, settings)
         return runs
+
+    def not_planned(self) -> list[str]:
+        """Sentences for the (stage, strategy) pairs the grid leaves out: the strategy would load a part the
+        stage's objective does not train (a classification source has no decoder), which ApplyTransfer refuses."""
+        from medtransfer.transfer import STRATEGIES
+
+        out = []
+        for stage in self.stages:
+            missing = [s for s in self.strategies if STRATEGIES[s].load and _unplannable(stage, s)]
+            if missing:
+                out.append(f"{', '.join(missing)} from `{stage['name']}` not run: a {stage['objective']} source "
+                           f"trains only its {', '.join(_trained_parts(stage))}, and "
+                           f"{'these strategies load' if len(missing) > 1 else 'this strategy loads'} more")
+        return out
 
     def _finetune_run(self, source: str, pre: Run | None, strategy: str, fraction: float, seed: int, settings: dict,
                       checkpoint_epoch: int | None = None, source_file: str = "pretrained.pt",
@@ -273,6 +288,19 @@ class StudySpec:
 
 
 # Loading and validation -------------------------------------------------------------------------------------
+def _trained_parts(stage: dict) -> tuple[str, ...]:
+    from medtransfer.pretraining import TRAINED_PARTS
+
+    return TRAINED_PARTS[stage["objective"]]
+
+
+def _unplannable(stage: dict, strategy: str) -> bool:
+    """True when `strategy` must load a part that the stage's objective does not train."""
+    from medtransfer.transfer import STRATEGIES
+
+    return not set(STRATEGIES[strategy].load) <= set(_trained_parts(stage))
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise StudyError(message)

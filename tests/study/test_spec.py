@@ -32,11 +32,12 @@ def test_demo_expands_to_shared_pretraining_and_source_free_scratch(medtransfer_
 def test_real_studies_expand_to_the_full_grid(test_data):
     hippo = load_study(STUDIES / "hippocampus_lowdata.yaml", data_root=str(test_data / "msd_hippocampus"))
     runs = hippo.expand()
-    assert len(runs) == 4 + 4 * 4 * 4 * 3 + 2 * 4 * 3
+    # decoder and full from the classification source are not planned (it trains only the encoder)
+    assert len(runs) == 4 + 4 * 4 * 4 * 3 - 2 * 4 * 3 + 2 * 4 * 3
     assert {r.strategy for r in runs if r.kind == "finetune"} == {
         "scratch", "encoder", "decoder", "full", "encoder_frozen", "random_encoder_frozen"}
     hc18 = load_study(STUDIES / "hc18_lowdata.yaml", data_root=str(test_data / "hc18_fetal_head"))
-    assert hc18.bundle_root.name == "binary_seg_2d" and len(hc18.expand()) == 220
+    assert hc18.bundle_root.name == "binary_seg_2d" and len(hc18.expand()) == 220 - 2 * 4 * 3  # no cls decoder/full
 
 
 def test_changed_settings_change_ids_and_fine_tunes_follow_their_pretraining(medtransfer_home):
@@ -147,3 +148,19 @@ def test_transferability_needs_a_pretraining_stage(medtransfer_home):
     content["finetune"]["strategies"] = ["scratch"]
     with pytest.raises(StudyError, match="needs a pretraining stage"):
         parse_study(content)
+
+
+def test_strategies_a_source_cannot_feed_are_left_out_and_said(medtransfer_home):
+    """A classification source trains only its encoder: decoder and full from it would be refused by ApplyTransfer
+    after the study had started, so the grid does not plan them and the report says why."""
+    content = tiny_study(pretraining=[{"objective": "classification", "name": "cls",
+                                       "settings": {"max_epochs": 2, "iterations_per_epoch": 2}},
+                                      {"objective": "reconstruction", "name": "rec",
+                                       "settings": {"max_epochs": 2, "iterations_per_epoch": 2}}])
+    content["finetune"]["strategies"] = ["scratch", "encoder", "decoder", "full"]
+    spec = parse_study(content)
+    planned = {(r.objective, r.strategy) for r in spec.expand() if r.kind == "finetune"}
+    assert ("cls", "encoder") in planned and ("rec", "decoder") in planned and ("rec", "full") in planned
+    assert ("cls", "decoder") not in planned and ("cls", "full") not in planned
+    assert spec.not_planned() == ["decoder, full from `cls` not run: a classification source trains only its "
+                                  "encoder, and these strategies load more"]

@@ -260,13 +260,13 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     lines = [f"# Study `{spec.name}`", ""]
     stages = ", ".join([f"{s['name']} ({s['objective']} on {s['data_manifest']})" for s in spec.stages]
                        + [f"{s['name']} (checkpoint file {Path(s['checkpoint']).name})"
-                          for s in getattr(spec, "checkpoint_sources", None) or []])
+                          for s in spec.checkpoint_sources])
     lines += [f"- study file: `{spec.source_file}` (content hash `{spec.content_hash}`)",
               f"- bundle: `{spec.bundle_root.name}`; target data: `{spec.target.name}`; "
               f"pretraining: {stages or 'none'}",
               f"- runs: {n_runs - len(problems)} of {n_runs} finished; Σ fine-tune wall time {wall_seconds / 60:.1f} min",
               f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
-    notes = list(data_notes) + (spec.not_planned() if hasattr(spec, "not_planned") else [])
+    notes = list(data_notes) + spec.not_planned()
     if notes:
         lines += ["**What the sources saw of the target, and what the grid leaves out:**", ""] + [f"- {note}" for note in notes] + [""]
     unit = "test volume" if analysis.get("unit") == "volume" else "test case"

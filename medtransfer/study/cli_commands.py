@@ -1,4 +1,4 @@
-"""`medtransfer study run|report|status`. Wire with `register(commands)` in medtransfer/cli.py."""
+"""`medtransfer study run|plan|report|status`. Wire with `register(commands)` in medtransfer/cli.py."""
 
 from __future__ import annotations
 
@@ -7,13 +7,33 @@ import json
 import sys
 
 
+def _size(args: argparse.Namespace, yes: bool):
+    """The size table (medtransfer.study.size) of the study file, printed before anything runs."""
+    from pathlib import Path
+
+    from medtransfer.study.size import state_size
+    from medtransfer.study.spec import load_study
+
+    spec = load_study(args.study_file, data_root=args.data_root, trusted=args.trusted)
+    return spec, state_size(spec, args.study_dir or Path("runs") / "studies" / spec.name, args.workers, yes=yes)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    _size(args, yes=True)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from medtransfer.study.runner import run_study
+    from medtransfer.study.size import record_timings
 
+    spec, _ = _size(args, yes=args.yes)  # refuses a study above the threshold without --yes (or a tty "yes")
     outcome = run_study(args.study_file, study_dir=args.study_dir, data_root=args.data_root,
                         executor=args.executor, workers=args.workers, address=args.address,
                         allow_changed=args.allow_changed, progress=not args.no_progress, report=not args.no_report,
-                        preload=not args.no_preload, trusted=args.trusted)
+                        preload=not args.no_preload, trusted=args.trusted, cpus_per_run=args.cpus_per_run,
+                        gpus_per_run=args.gpus_per_run, max_retries=args.max_retries)
+    record_timings(spec, outcome["study_dir"])  # seconds per run on this machine, for the next projection
     counts = outcome["counts"]
     print(f"{outcome['study_dir']}: {counts['finished']} finished, {counts['failed']} failed, "
           f"{counts['skipped']} skipped ({outcome['already_finished']} were already finished); "
@@ -57,7 +77,14 @@ def _status(args: argparse.Namespace) -> int:
             detail = "\n    ".join(lines) if args.errors else (lines[-1] if lines else "")
         elif entry.get("note"):
             detail = entry["note"]
-        print(f"  {entry['state']:<11} {run_id}  {detail}")
+        where = (f"  [{entry['node']}, {entry.get('attempts', 1)} attempt(s)"
+                 + (f", {entry['seconds']:.0f} s" if entry.get("seconds") else "") + "]") if entry.get("node") else ""
+        print(f"  {entry['state']:<11} {run_id}  {detail}{where}")
+    if status["nodes"]:
+        print("nodes (runs by their last attempt; attempts of any run; wall time of finished runs):")
+        for node, summary in status["nodes"].items():
+            print(f"  {node}: {summary['runs']} runs ({summary['finished']} finished, {summary['failed']} failed), "
+                  f"{summary['attempts']} attempts, {summary['seconds'] / 60:.1f} min")
     return 0
 
 
@@ -73,8 +100,16 @@ def register(commands) -> None:
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local processes (default) or an existing Ray cluster")
     run.add_argument("--workers", type=int, default=None,
-                     help="runs at once (local default 1; ray default: cluster CPUs)")
+                     help="runs at once (local default 1; ray default: as many as the live nodes hold)")
     run.add_argument("--address", help="Ray cluster address (e.g. HOST:6379 or 'auto')")
+    run.add_argument("--cpus-per-run", type=float, default=None,
+                     help="ray: CPUs each run asks of a node (default: the study file's `resources`, else 1)")
+    run.add_argument("--gpus-per-run", type=float, default=None,
+                     help="ray: GPUs each run asks of a node; the run uses the GPU Ray assigns (default: the study "
+                          "file's `resources`, else 0)")
+    run.add_argument("--max-retries", type=int, default=3,
+                     help="ray: retries of a run lost to a node or worker failure, each resuming from its checkpoint "
+                          "(a run that fails by itself is not retried; default 3)")
     run.add_argument("--allow-changed", action="store_true",
                      help="adopt a changed study file in an existing study folder: unchanged runs keep their ids "
                           "and results, new runs are added, the report covers the new grid only")
@@ -84,9 +119,20 @@ def register(commands) -> None:
     run.add_argument("--trusted", action="store_true",
                      help="allow settings that are MONAI expressions or references ($..., @..., %%...): they run as "
                           "code in every run; only for a study file you wrote or have read")
+    run.add_argument("--yes", action="store_true",
+                     help="start a study above the size threshold (500 runs or 24 h projected; "
+                          "MEDTRANSFER_CONFIRM_RUNS / MEDTRANSFER_CONFIRM_HOURS) without asking")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-report", action="store_true", help="skip results.csv, summary.md and figures")
     run.set_defaults(handler=_run)
+
+    plan = sub.add_parser("plan", help="runs per stage and projected wall time of a study file; trains nothing")
+    plan.add_argument("study_file", help="study YAML file")
+    plan.add_argument("--study-dir", help="study folder whose finished runs are left out (default: runs/studies/<name>)")
+    plan.add_argument("--data-root", help="folder the study's data manifest paths are relative to")
+    plan.add_argument("--workers", type=int, default=None, help="runs at once the projection assumes (default 1)")
+    plan.add_argument("--trusted", action="store_true", help="as for `study run`")
+    plan.set_defaults(handler=_plan)
 
     report = sub.add_parser("report", help="re-render results.csv, summary.md and figures/ from finished runs")
     report.add_argument("study_dir", help="study folder (runs/studies/<name>)")

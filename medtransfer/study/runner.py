@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from medtransfer.atomic import save_json
 from medtransfer.folder_lock import LOCK_NAME, FolderLock
 from medtransfer.study.analysis import run_cka_analysis
+from medtransfer.study.cluster import node_summary, placement_fields, resolve_resources
 from medtransfer.study.executors import make_executor
 from medtransfer.study.folder import (  # noqa: F401  (re-exported: the names callers knew runner by)
     LOG_NAME,
@@ -31,7 +32,6 @@ from medtransfer.study.folder import (  # noqa: F401  (re-exported: the names ca
     read_json,
     run_dir,
 )
-from medtransfer.study.processes import execute_command
 from medtransfer.study.report import write_report
 from medtransfer.study.spec import Run, StudyError, StudySpec, bundle_command, load_study
 from medtransfer.training.run_folder import RunFolder
@@ -144,6 +144,7 @@ def study_status(study_dir: str | Path) -> dict:
     for run in spec.expand():
         entry = {**_run_entry(run), **(status["runs"].get(run.run_id) or {})}
         folder = run_dir(study_dir, run)
+        entry.update(placement_fields(folder))  # node, resources, attempts (runs placed by Ray)
         if finished_record(run, folder) is not None:
             entry["state"] = "finished"
         elif entry["state"] == "finished":  # weights changed or removed since
@@ -157,7 +158,7 @@ def study_status(study_dir: str | Path) -> dict:
                 entry["state"] = "interrupted"
         entries[run.run_id] = entry
     return {"study": spec.name, "study_dir": str(study_dir), "active": alive, "counts": _counts(entries),
-            "runs": entries}
+            "nodes": node_summary(entries), "driver": driver, "runs": entries}
 
 
 # Running --------------------------------------------------------------------------------------------------
@@ -176,6 +177,7 @@ class StudyRunner:
         check_inside(self.study_dir, self.runs)
         self.by_id = {run.run_id: run for run in self.runs}
         self.entries: dict[str, dict] = {}
+        self.nodes: dict[str, dict] = {}  # nodes that passed the shared-storage check (Ray), by status label
         self.started = time.time()
 
     def _save_status(self, active: bool = True) -> None:
@@ -188,6 +190,7 @@ class StudyRunner:
                        "capacity": self.executor.capacity,
                        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started))},
             "counts": _counts(self.entries),
+            "nodes": node_summary(self.entries),
             "runs": self.entries,
         })
 
@@ -206,12 +209,15 @@ class StudyRunner:
         for run in self.runs:
             entry = {**_run_entry(run), **{k: v for k, v in (previous.get(run.run_id) or {}).items()
                                              if k in ("seconds", "started_at", "finished_at", "attempts")}}
+            entry.update(placement_fields(run_dir(self.study_dir, run)))
             if finished_record(run, run_dir(self.study_dir, run)) is not None:
                 entry["state"] = "finished"
             else:
                 pending.append(run)
             self.entries[run.run_id] = entry
         skipped_at_start = len(self.runs) - len(pending)
+        if pending:  # a cluster proves that every node sees the study folder and the data before any run is placed
+            self.nodes = self.executor.prepare(self.study_dir, self.spec)
         self._save_status()
         bar = tqdm(total=len(self.runs), initial=skipped_at_start, desc=f"study {self.spec.name}", unit="run",
                    disable=not self.progress, dynamic_ncols=True)
@@ -231,7 +237,7 @@ class StudyRunner:
                         pending.remove(run)
                         command, overwrite = self._command(run)
                         log = run_dir(self.study_dir, run) / LOG_NAME
-                        handle = self.executor.submit(execute_command, command, str(log), env, None)
+                        handle = self.executor.submit_run(run, command, str(log), env)
                         in_flight[handle] = run
                         order.append(run.run_id)
                         entry = self.entries[run.run_id]
@@ -274,6 +280,9 @@ class StudyRunner:
             result = {"returncode": None, "seconds": None, "error": f"{type(error).__name__}: {error}"}
         entry.update(finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), seconds=result.get("seconds"),
                      returncode=result.get("returncode"))
+        entry.update(placement_fields(run_dir(self.study_dir, run)))  # where it ran, how often it was tried
+        if result.get("already_finished"):  # an attempt after the node died between the run's end and its reply
+            entry["note"] = "finished by an earlier attempt; not trained again"
         if result.get("returncode") == 0 and finished_record(run, run_dir(self.study_dir, run)) is not None:
             entry["state"] = "finished"
         else:
@@ -287,12 +296,25 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
               executor: str = "local", workers: int | None = None, address: str | None = None,
               allow_changed: bool = False, progress: bool = True, report: bool = True,
               command_factory: Callable[..., list[str]] = bundle_command, preload: bool = True,
-              trusted: bool = False) -> dict[str, Any]:
+              trusted: bool = False, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+              max_retries: int = 3) -> dict[str, Any]:
     """Validate, run what is not finished, write the report. Returns counts, seconds and the study folder.
 
     `preload` (local executor): fork runs from a pre-imported server instead of starting fresh interpreters.
-    `trusted`: allow study settings that are MONAI expressions (they run as code in every run)."""
+    `trusted`: allow study settings that are MONAI expressions (they run as code in every run).
+    `cpus_per_run`, `gpus_per_run` (Ray executor): what every run asks of a node, over the study file's
+    `resources`; `max_retries`: attempts after a system failure (a lost node), each resuming from the checkpoint."""
     spec = load_study(study_file, data_root=data_root, trusted=trusted)  # input errors surface here, before training
+    if executor == "ray":
+        try:
+            engine_options = {"resources": resolve_resources(spec.resources, cpus_per_run, gpus_per_run),
+                              "max_retries": max_retries}
+        except ValueError as error:
+            raise StudyError(str(error)) from None
+    elif cpus_per_run is not None or gpus_per_run is not None:
+        raise StudyError("--cpus-per-run and --gpus-per-run place runs on a Ray cluster: add --executor ray")
+    else:
+        engine_options = {"preload": preload}
     from medtransfer.study.leakage import check_study_leakage
 
     leakage = check_study_leakage(spec)  # refuses stages that see target test images or target labels
@@ -300,19 +322,19 @@ def run_study(study_file: str | Path, study_dir: str | Path | None = None, data_
     lock = lock_study_dir(study_dir)  # a second driver on this folder stops here
     try:
         return _run_locked(spec, study_dir, executor, workers, address, allow_changed, progress, report,
-                           command_factory, preload, leakage)
+                           command_factory, engine_options, leakage)
     finally:
         lock.release()
 
 
 def _run_locked(spec: StudySpec, study_dir: Path, executor: str, workers: int | None, address: str | None,
                 allow_changed: bool, progress: bool, report: bool, command_factory: Callable[..., list[str]],
-                preload: bool, leakage) -> dict[str, Any]:
+                engine_options: dict, leakage) -> dict[str, Any]:
     from medtransfer.study.leakage import save_leakage
 
     open_study_dir(spec, study_dir, allow_changed=allow_changed)
     save_leakage(study_dir, leakage, spec.checkpoint_sources)
-    engine = make_executor(executor, workers, address, **({"preload": preload} if executor == "local" else {}))
+    engine = make_executor(executor, workers, address, **engine_options)
     try:
         outcome = StudyRunner(spec, study_dir, engine, progress=progress, command_factory=command_factory).run()
     finally:

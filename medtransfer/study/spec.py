@@ -30,6 +30,9 @@ A study file is YAML::
     comparisons:                    # optional pairs [arm, reference] besides "each strategy vs scratch"; an arm is
       - [encoder, encoder_frozen]   # a strategy (compared within each pretraining stage) or stage/strategy
       - [conrec/encoder, supervised/encoder]
+    resources:                      # optional, Ray executor only (not part of the content hash): what one run asks
+      pretraining: {cpus: 4, gpus: 1}   # of a node; --cpus-per-run / --gpus-per-run override it for every run
+      finetune: {cpus: 2, gpus: 1}
 
 A `pretraining` entry may instead name a checkpoint file that is not trained by the study (public weights, a
 run of another study): ``{name: mouse_sc, checkpoint: ../shared/checkpoints/x/model.pt, source_network: auto,
@@ -62,7 +65,7 @@ import yaml
 from medtransfer import registry
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
-            "finetune", "analysis", "comparisons"}
+            "finetune", "analysis", "comparisons", "resources"}
 ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
 STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings",
@@ -156,6 +159,7 @@ class StudySpec:
     trusted: bool = False  # settings may hold MONAI expressions (`study run --trusted`)
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (arm, reference arm), report statistics
     checkpoint_sources: list[dict] = field(default_factory=list)  # pretraining entries that name a file
+    resources: dict = field(default_factory=dict)  # run kind -> {cpus, gpus} a run asks of a Ray node (cluster.py)
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
@@ -606,9 +610,16 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     needs_source = [s for s in strategies if STRATEGIES[s].load]
     _require(not needs_source or stages or checkpoint_sources,
              f"finetune: strategies {', '.join(needs_source)} load pretrained weights but there is no pretraining stage")
+    from medtransfer.study.cluster import parse_resources
+
+    try:
+        resources = parse_resources(content.get("resources"))
+    except ValueError as error:
+        raise StudyError(str(error)) from None
     spec = StudySpec(
         content=content,
-        content_hash=_hash(content, 16),
+        # where runs execute is not what they compute: other `resources` are the same study (as MACHINE_KEYS)
+        content_hash=_hash({key: value for key, value in content.items() if key != "resources"}, 16),
         name=str(content["name"]),
         bundle_root=bundle_root,
         target=target,
@@ -624,6 +635,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         trusted=trusted,
         comparisons=_check_comparisons(content.get("comparisons"), stages + checkpoint_sources, strategies),
         checkpoint_sources=checkpoint_sources,
+        resources=resources,
     )
     runs = spec.expand()
     _require(any(run.kind == "finetune" for run in runs),

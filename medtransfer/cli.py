@@ -156,14 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MEDTRANSFER_DEBUG", "") not in ("", "0")
     argv = [item for item in argv if item != "--debug"]
+    from medtransfer.data.paths import ALLOW_FLAG, allow_outside_root
+
+    outside_root = ALLOW_FLAG in argv  # like --debug, anywhere on the line (train hands the rest to MONAI)
+    argv = [item for item in argv if item != ALLOW_FLAG]
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="full Python tracebacks instead of one-line errors "
                                                              "(also MEDTRANSFER_DEBUG=1)")
+    parser.add_argument(ALLOW_FLAG, action="store_true",
+                        help="let manifest, scan and study paths resolve outside their data root (symlinks "
+                             "included); printed, and recorded in every run.json (also MEDTRANSFER_ALLOW_OUTSIDE_ROOT=1)")
     args, extra = parser.parse_known_args(argv)
     if extra and not hasattr(args, "overrides"):  # only a pass-through command (train) hands unknown keys on
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*extra, *args.overrides]
+    if outside_root:
+        allow_outside_root()
     from medtransfer.errors import MedtransferError
 
     try:

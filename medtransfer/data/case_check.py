@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from medtransfer.data.manifest import SPLITS, Manifest, ManifestError
+from medtransfer.data.manifest import SPLITS, Manifest
 from medtransfer.data.transforms import eval_transforms
+from medtransfer.errors import MedtransferError
 
 
 def check_cases(manifest: Manifest) -> Iterator[tuple[str, str, str | None]]:
@@ -18,10 +19,8 @@ def check_cases(manifest: Manifest) -> Iterator[tuple[str, str, str | None]]:
                                channels=manifest.channels)
         for case in manifest.content[split]:
             try:
-                item = manifest.datalist(split, require_labels=with_label)
-                item = next(entry for entry in item if entry["id"] == case["id"])
-                load(item)
-            except ManifestError as error:
+                load(manifest.case_item(split, case, require_labels=with_label))
+            except MedtransferError as error:  # outside the root, damaged, missing: the line names the file
                 yield split, case["id"], str(error)
             except Exception as error:  # MONAI wraps reader errors; keep the innermost message, it names the file
                 yield split, case["id"], _innermost(error)

@@ -117,29 +117,35 @@ class Manifest:
 
         With `require_labels=False` the items hold images only (self-supervised objectives ignore labels).
 
-        Every referenced file is checked to exist and be non-empty here, so a wrong data root fails at once with
-        the path, not deep inside a data loader.
+        Every referenced file is checked here to lie inside the data root (symlinks resolved; `data.paths`), to
+        exist, to be non-empty and to have a header that agrees with its size (`data.damaged`), so a wrong data
+        root, an escaping path or a damaged file fails at once with the path, not deep inside a data loader.
         """
         wanted = set(self.case_ids(split, fraction))
-        items = []
-        for case in self.content[split]:
-            if case["id"] not in wanted:
-                continue
-            item = {"id": case["id"]}
-            for key in ("image", "label") if require_labels else ("image",):  # unsupervised use: images only
-                if key not in case:
-                    raise ManifestError(f"{self._where()}: case {case['id']!r} in {split} has no {key!r}")
-                if isinstance(case[key], list):  # one file per channel (nnU-Net layout)
-                    item[key] = [str(self._existing(path, case["id"])) for path in case[key]]
-                else:
-                    item[key] = str(self._existing(case[key], case["id"]))
-            if "class" in case:
-                item["class"] = case["class"]
-            items.append(item)
-        return items
+        return [self.case_item(split, case, require_labels) for case in self.content[split] if case["id"] in wanted]
 
-    def _existing(self, relative: str, case_id: str) -> Path:
-        path = Path(relative) if os.path.isabs(relative) else self.data_root / relative
+    def case_item(self, split: str, case: dict, require_labels: bool = True) -> dict:
+        """The datalist item of one case of `split` (its files checked as `datalist` says)."""
+        item = {"id": case["id"]}
+        for key in ("image", "label") if require_labels else ("image",):  # unsupervised use: images only
+            if key not in case:
+                raise ManifestError(f"{self._where()}: case {case['id']!r} in {split} has no {key!r}")
+            if isinstance(case[key], list):  # one file per channel (nnU-Net layout)
+                item[key] = [str(self._existing(path, case["id"], f"{split} case {case['id']!r} {key}[{index}]"))
+                             for index, path in enumerate(case[key])]
+            else:
+                item[key] = str(self._existing(case[key], case["id"], f"{split} case {case['id']!r} {key}"))
+        if "class" in case:
+            item["class"] = case["class"]
+        return item
+
+    def _existing(self, relative: str, case_id: str, key: str) -> Path:
+        """The file of one manifest entry: inside the data root (symlinks resolved), present, non-empty, and with
+        a header that agrees with the file (`medtransfer.data.damaged`), all before any pixel is read."""
+        from medtransfer.data.damaged import check_image_file
+        from medtransfer.data.paths import confined
+
+        path = confined(self.data_root, relative, key, self._where())
         if not path.exists():
             raise ManifestError(
                 f"{self._where()}: case {case_id!r}: file not found: {path} (data root: {self.data_root}; "
@@ -147,6 +153,7 @@ class Manifest:
             )
         if path.is_file() and path.stat().st_size == 0:
             raise ManifestError(f"{self._where()}: case {case_id!r}: empty file: {path}")
+        check_image_file(path, self.data_root)
         return path
 
 

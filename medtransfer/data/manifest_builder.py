@@ -172,6 +172,20 @@ def detect_channels(path: Path, dimensions: int) -> int:
     return components if components > 1 else (size[dimensions] if len(size) > dimensions else 1)
 
 
+def _check_files(folder: Path, cases: list[dict]) -> None:
+    """Every file a case names lies inside `folder` once symlinks are resolved (no entry of the manifest may lead
+    elsewhere), and its header agrees with its size; checked before any image is read."""
+    from medtransfer.data.damaged import check_image_file
+    from medtransfer.data.paths import confined
+
+    for case in cases:
+        for key in ("image", "label"):
+            files = case.get(key)
+            for index, relative in enumerate([files] if isinstance(files, str) else files or []):
+                name = f"case {case['id']!r} {key}" + (f"[{index}]" if not isinstance(files, str) else "")
+                check_image_file(confined(folder, relative, name, str(folder)), folder)
+
+
 def near_duplicate_groups(folder: Path, cases: list[dict], cache: bool = True):
     """Near-duplicate groups (lists of ids) among `cases`, by `medtransfer.data.duplicates`' rule; a case with
     several channel files is compared by its first channel."""
@@ -222,6 +236,7 @@ def build_manifest(
         channels = None
     if not cases:
         raise ManifestError(f"{folder}: no cases found")
+    _check_files(folder, cases)
     dimensions = dimensions or detect_dimensions(first)
     if channels is None:
         channels = detect_channels(first, dimensions)

@@ -150,6 +150,10 @@ class RunRecord:
             fields["precision"] = self.precision.record()
         if self.early_stop is not None:
             fields["early_stopping"] = self.early_stop.record()
+        from medtransfer.data.paths import outside_root_allowed
+
+        if outside_root_allowed():  # --allow-outside-root: the data may have come from anywhere
+            fields["allow_outside_root"] = True
         return fields
 
     def _record_settings(self, _trainer: Engine) -> None:

@@ -359,21 +359,44 @@ def _dicom_scans(folder: Path, series_uid: str | None) -> list[_Scan]:
     return scans
 
 
-def _walk(folder: Path, series_uid: str | None, exclude: Path | None = None) -> list[_Scan]:
+def _file_problem(path: Path, root: Path | None) -> str | None:
+    """Why `path` cannot be a scan, from its header alone: it resolves outside the input folder `root` (a
+    symlink leading elsewhere; `--allow-outside-root` lifts it), or its header disagrees with the file."""
+    from medtransfer.data.damaged import check_image_file
+    from medtransfer.data.paths import confined
+
+    try:
+        if root is not None:
+            confined(root, path.absolute(), "input", str(root))
+        check_image_file(path, root or path.parent)
+    except MedtransferError as error:
+        return str(error)
+    return None
+
+
+def _walk(folder: Path, series_uid: str | None, exclude: Path | None = None, root: Path | None = None) -> list[_Scan]:
+    root = root or folder
     entries = sorted(
         p for p in folder.iterdir() if not p.name.startswith(".") and (exclude is None or p.resolve() != exclude)
     )
     files = [p for p in entries if p.is_file()]
     scans = [
-        _Scan(name=_safe_name(_stem(p)), input=p, alternative=_safe_name(f"{folder.name}_{_stem(p)}"))
+        _Scan(name=_safe_name(_stem(p)), input=p, alternative=_safe_name(f"{folder.name}_{_stem(p)}"),
+              error=_file_problem(p, root))
         for p in files
         if _is_image(p)
     ]
     if any(_is_dicom(p) for p in files if not _is_image(p)):
+        escaping = next((problem for p in files if not _is_image(p) for problem in [_file_problem(p, root)]
+                         if problem), None)
+        if escaping:
+            return scans + [_Scan(name=_safe_name(folder.name), input=folder, error=escaping)]
         return scans + _dicom_scans(folder, series_uid)  # the DICOM scan covers the folder's sub-folders too
     for sub in entries:
         if sub.is_dir():
-            scans += _walk(sub, series_uid, exclude)
+            problem = _file_problem(sub, root)
+            scans += [_Scan(name=_safe_name(sub.name), input=sub, error=problem)] if problem else \
+                _walk(sub, series_uid, exclude, root)
     return scans
 
 
@@ -394,8 +417,8 @@ def find_scans(
         if not path.exists():
             scans.append(_Scan(name=_safe_name(_stem(path)), input=path, error=f"{path}: input not found"))
         elif path.is_file():
-            if _is_image(path):
-                scans.append(_Scan(name=_safe_name(_stem(path)), input=path))
+            if _is_image(path):  # named on the command line: its own root, but its header is checked
+                scans.append(_Scan(name=_safe_name(_stem(path)), input=path, error=_file_problem(path, None)))
             elif _is_dicom(path):
                 scans.append(_Scan(
                     name=_safe_name(path.stem), input=path,

@@ -310,13 +310,25 @@ def _require(condition: bool, message: str) -> None:
         raise StudyError(message)
 
 
-def _resolve_bundle(content: dict, base: Path) -> Path:
+def _resolve_bundle(content: dict, base: Path, trusted: bool = False) -> Path:
+    """The bundle folder the study's `bundle` key names. A bundle's configs run as code in every run, so unless
+    `trusted` it must resolve (symlinks followed) inside the study file's folder, the working directory or the
+    packaged bundles."""
+    from medtransfer.data.paths import OutsideRootError, is_inside
+
     bundle = content.get("bundle") or f"binary_seg_{_number(content.get('spatial_dims', 2), 'spatial_dims', int)}d"
     candidates = [Path(bundle)] if Path(bundle).is_absolute() else [base / bundle, Path.cwd() / bundle,
                                                                        registry.bundles_dir() / bundle]
     for candidate in candidates:
         if registry.is_trainable_bundle(candidate):
-            return candidate.resolve()
+            target = candidate.resolve()
+            roots = [base.resolve(), Path.cwd().resolve(), registry.bundles_dir().resolve()]
+            if not trusted and not any(is_inside(target, root) for root in roots):
+                raise OutsideRootError(
+                    f"bundle {bundle!r} resolves to {target}, outside the study file's folder, the working directory "
+                    f"and the packaged bundles ({', '.join(map(str, dict.fromkeys(roots)))}); its configs would run as "
+                    "code in every run: pass --trusted if you wrote it or have read it")
+            return target
     raise StudyError(f"unknown bundle {bundle!r}: not a bundle folder ({registry.TRAIN}); "
                      f"known: {', '.join(registry.bundle_names())}")
 
@@ -516,7 +528,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     _require(not unknown, f"unknown study key(s): {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}")
     _require(bool(content.get("name")), "the study needs a `name`")
     _check_name(content["name"], "name")
-    bundle_root = _resolve_bundle(content, base)
+    bundle_root = _resolve_bundle(content, base, trusted)
     train = yaml.safe_load(registry.train_config(bundle_root).read_text())
     spatial_dims = int(train.get("spatial_dims", content.get("spatial_dims", 2)))
     if "spatial_dims" in content:
@@ -637,6 +649,9 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         checkpoint_sources=checkpoint_sources,
         resources=resources,
     )
+    from medtransfer.study.size import check_grid_count
+
+    check_grid_count(spec)  # a mistyped range of seeds is refused before a million runs are expanded
     runs = spec.expand()
     _require(any(run.kind == "finetune" for run in runs),
              "the grid produces zero fine-tuning runs: give finetune.strategies, fractions and seeds")
@@ -655,11 +670,13 @@ def load_study(path: str | Path, data_root: str | None = None, trusted: bool = F
         raise StudyError(f"{path}: not valid YAML: {error}") from None
     except OSError as error:
         raise StudyError(f"{path}: cannot read the study file ({error.strerror or error})") from None
+    from medtransfer.data.paths import OutsideRootError
+
     try:
         return parse_study(content, base=path.parent, data_root=data_root, source_file=str(path.resolve()),
                            trusted=trusted)
-    except StudyError as error:
-        raise StudyError(f"{path}: {error}") from None
+    except (StudyError, OutsideRootError) as error:
+        raise type(error)(f"{path}: {error}") from None
 
 
 def bundle_command(run: Run, bundle_root: Path, output_dir: Path, source_checkpoint: Path | None = None,

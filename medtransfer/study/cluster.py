@@ -151,6 +151,12 @@ def wait_for_folder(folder: Path, wait_seconds: float, poll_seconds: float = 0.5
             time.sleep(poll_seconds)
 
 
+def log_line(log: Path, text: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as stream:
+        stream.write(f"{text}\n".encode())
+
+
 def run_attempt(command: list[str], log_path: str, env: dict[str, str] | None, cwd: str | None, kind: str,
                 lock_wait_seconds: float = 600.0) -> dict[str, Any]:
     """One attempt of one run, on the node Ray chose (the body of the run's Ray task). Returns execute_command's
@@ -178,6 +184,8 @@ def run_attempt(command: list[str], log_path: str, env: dict[str, str] | None, c
     # The run sees exactly the GPUs Ray gave this task: `cuda` in the run is the assigned device, and a run that
     # asked for no GPU sees none (never GPU 0 of a shared node by habit).
     child_env = {**(env or {}), "CUDA_VISIBLE_DEVICES": ",".join(gpu_ids)}
+    log_line(Path(log_path), f"medtransfer: attempt {placement['attempt']} of this run on node {node_label(placement)} "
+                             f"(host {placement['host']}), CUDA_VISIBLE_DEVICES={child_env['CUDA_VISIBLE_DEVICES']!r}")
     result = execute_command(command, log_path, child_env, cwd)
     placement.update(finished_at=_now(), seconds=result["seconds"], returncode=result["returncode"])
     attempts[-1] = placement

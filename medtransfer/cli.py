@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from medtransfer.analysis.cli_commands import register as register_analyze
     from medtransfer.evaluation.cli_commands import register as register_stats
     from medtransfer.inference.cli_commands import register as register_inference
+    from medtransfer.planning.cli_commands import register as register_plan
     from medtransfer.study.cli_commands import register as register_study
     from medtransfer.training.cli_commands import register as register_train
     from medtransfer.transfer.cli_commands import register as register_transfer
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_stats(commands)
     register_transfer(commands)
     register_train(commands)
+    register_plan(commands)
     return parser
 
 

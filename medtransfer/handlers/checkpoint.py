@@ -111,41 +111,95 @@ def _plain_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+CONVERGENCE_DELTA = 0.002  # a smoothed validation Dice that rises by less than this is on its plateau
+
+
 class EarlyStopping:
-    """Stops training after `patience` validations without a better validation metric (None: never stops).
+    """Stops training on a plateau of the smoothed validation Dice, and says whether the run converged.
+
+    The smoothed value is the moving mean of the last `smoothing` validations (1: the raw value). An
+    improvement is a smoothed value above the best so far by more than `min_delta`. Training stops once
+    `patience` validations in a row bring none, but never before epoch `min_epochs` (None patience: never stops).
+    With the defaults (smoothing 1, min_delta 0, min_epochs 0) this is the classic rule on the raw metric.
 
     It reads the best-model saver's history, which is part of the resumable checkpoint, so a resumed run
     continues the same count. `ValidationWithEarlyStopping` calls it right after each validation; `max_epochs`
     stays the budget every arm shares. Every DDP rank sees the same (gathered) metric, so all ranks stop together.
+    `convergence()` is the honest record: stopped on the plateau, or the budget ended on one, or still improving.
     """
 
-    def __init__(self, best_model: BestModelSaver, patience: int | None = None) -> None:
+    def __init__(self, best_model: BestModelSaver, patience: int | None = None, min_epochs: int = 0,
+                 smoothing: int = 1, min_delta: float = 0.0) -> None:
         if patience is not None and (isinstance(patience, bool) or int(patience) != patience or patience < 1):
             raise ValueError(f"early_stop_patience must be a positive integer or null (off), got {patience!r}")
+        if int(smoothing) < 1 or int(min_epochs) < 0 or float(min_delta) < 0:
+            raise ValueError(f"early stopping needs smoothing >= 1, min_epochs >= 0 and min_delta >= 0, got "
+                             f"{smoothing!r}, {min_epochs!r}, {min_delta!r}")
         self.best_model = best_model
         self.patience = None if patience is None else int(patience)
+        self.min_epochs = int(min_epochs)
+        self.smoothing = int(smoothing)
+        self.min_delta = float(min_delta)
         self.stopped_epoch: int | None = None
 
+    def smoothed(self) -> list[tuple[int, float]]:
+        """(epoch, moving mean of the last `smoothing` validation values) for every validation so far."""
+        values = [v for _, v in self.best_model.history]
+        windows = [values[max(0, i - self.smoothing + 1):i + 1] for i in range(len(values))]
+        return [(epoch, sum(w) / len(w)) for (epoch, _), w in zip(self.best_model.history, windows)]
+
+    def _last_improvement(self, delta: float) -> tuple[int, float]:
+        """(index of the last validation that improved the smoothed best by more than `delta`, that best)."""
+        best, index = float("-inf"), -1
+        for i, (_, value) in enumerate(self.smoothed()):
+            if value > best + delta:
+                best, index = value, i
+        return index, best
+
     def validations_without_improvement(self) -> int:
-        return sum(1 for epoch, _ in self.best_model.history if epoch > self.best_model.best_epoch)
+        index, _ = self._last_improvement(self.min_delta)
+        return len(self.best_model.history) - 1 - index
 
     def __call__(self, trainer: Engine) -> None:
-        if self.patience is None or not self.best_model.history:
+        if self.patience is None or not self.best_model.history or trainer.state.epoch < self.min_epochs:
             return
         if self.validations_without_improvement() >= self.patience:
             self.stopped_epoch = int(trainer.state.epoch)
             logger.info(
-                "early stopping at epoch %d: no better %s in %d validations (best %.4f at epoch %d)",
+                "early stopping at epoch %d: no better smoothed %s in %d validations (best raw %.4f at epoch %d)",
                 self.stopped_epoch, self.best_model.metric_name, self.patience, self.best_model.best_value,
                 self.best_model.best_epoch,
             )
             if is_main_process():
                 best = self.best_model.best_epoch
-                print(f"medtransfer: early stop at epoch {self.stopped_epoch} (best epoch {best})", flush=True)
+                print(f"medtransfer: early stop at epoch {self.stopped_epoch} (best epoch {best}; plateau of the "
+                      f"{self.smoothing}-validation mean)", flush=True)
             trainer.terminate()
 
+    def convergence(self) -> dict:
+        """run.json["converged"]: {"value": bool, "reason": str}, judged on the smoothed validation Dice."""
+        series = self.smoothed()
+        if not series:
+            return {"value": False, "reason": "no validation ran, so nothing shows a plateau"}
+        if self.stopped_epoch is not None:
+            return {"value": True, "reason": f"stopped on the plateau at epoch {self.stopped_epoch}: no rise of the "
+                    f"{self.smoothing}-validation mean by more than {self.min_delta} in {self.patience} validations "
+                    f"(smoothed best {max(v for _, v in series):.4f})"}
+        window = self.patience or max(5, len(series) // 5)
+        if len(series) <= window:
+            return {"value": False, "reason": f"only {len(series)} validations: too few to show a plateau over "
+                    f"{window}"}
+        delta = max(self.min_delta, CONVERGENCE_DELTA)
+        gain = max(v for _, v in series[-window:]) - max(v for _, v in series[:-window])
+        if gain <= delta:
+            return {"value": True, "reason": f"the budget ended on a plateau: the smoothed validation Dice rose by "
+                    f"{gain:+.4f} (<= {delta}) over the last {window} validations"}
+        return {"value": False, "reason": f"still improving when the budget ended: the smoothed validation Dice rose "
+                f"by {gain:+.4f} over the last {window} validations"}
+
     def record(self) -> dict:
-        return {"patience": self.patience, "stopped_early": self.stopped_epoch is not None,
+        return {"patience": self.patience, "min_epochs": self.min_epochs, "smoothing": self.smoothing,
+                "min_delta": self.min_delta, "stopped_early": self.stopped_epoch is not None,
                 "stopped_epoch": self.stopped_epoch}
 
 
@@ -159,8 +213,11 @@ class ValidationWithEarlyStopping(ValidationHandler):
                  early_stop: EarlyStopping | None = None) -> None:
         super().__init__(interval=interval, validator=validator, epoch_level=epoch_level, exec_at_start=exec_at_start)
         self.early_stop = early_stop
+        self.seconds = 0.0  # wall time spent validating in this process (RunRecord reports its share)
 
     def __call__(self, engine: Engine) -> None:
+        started = time.perf_counter()
         super().__call__(engine)
+        self.seconds += time.perf_counter() - started
         if self.early_stop is not None:
             self.early_stop(engine)

@@ -120,6 +120,8 @@ class RunRecord:
         precision=None,
         early_stop=None,
         cached_datasets: dict | None = None,
+        validation=None,
+        plan=None,
     ) -> None:
         self.run_directory = run_directory
         self.network = network
@@ -131,6 +133,8 @@ class RunRecord:
         self.epoch_loss = epoch_loss
         self.precision = precision  # a medtransfer.training.precision.PrecisionChoice
         self.early_stop = early_stop  # a medtransfer.handlers.EarlyStopping
+        self.validation = validation  # a medtransfer.handlers.ValidationWithEarlyStopping: its wall time
+        self.plan = plan  # a medtransfer.planning.PlannedDefaults: the plan this run used (or none)
         self.cached_datasets = cached_datasets or {}  # name -> CacheDataset: its memory is printed and recorded
         self.epoch_seconds: list[float] = []
         self._epoch_started = 0.0
@@ -150,6 +154,8 @@ class RunRecord:
             fields["precision"] = self.precision.record()
         if self.early_stop is not None:
             fields["early_stopping"] = self.early_stop.record()
+        if self.plan is not None:
+            fields["plan"] = self.plan.record()
         from medtransfer.data.paths import outside_root_allowed
 
         if outside_root_allowed():  # --allow-outside-root: the data may have come from anywhere
@@ -208,6 +214,16 @@ class RunRecord:
             "history": self.history(),
             **self._settings(),
         }
+        if self.early_stop is not None:
+            fields["converged"] = self.early_stop.convergence()
+        if self.validation is not None:
+            wall = max(self.checkpoint.elapsed(), 1e-9)
+            fields["validation_seconds"] = self.validation.seconds
+            fields["validation_share"] = self.validation.seconds / wall
+            converged = fields.get("converged", {})
+            print(f"medtransfer: validation took {self.validation.seconds:.0f} s of {wall:.0f} s "
+                  f"({fields['validation_share']:.1%} of the wall time); converged: "
+                  f"{converged.get('value')} ({converged.get('reason', 'no early-stopping rule')})", flush=True)
         if self.test_evaluator is not None:  # pretraining runs have no segmentation test
             fields.update(self._test())
         record = run.write_record({**fields, **run.notes})

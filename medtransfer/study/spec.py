@@ -63,6 +63,7 @@ from typing import Any
 import yaml
 
 from medtransfer import registry
+from medtransfer.planning.plan import static_value
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
             "finetune", "analysis", "comparisons", "resources"}
@@ -180,7 +181,7 @@ class StudySpec:
                 "fraction": stage["fraction"],
                 "seed": stage["seed"],
                 "label_map": stage["label_map"],
-                "settings": settings,
+                "settings": _hashable(settings),
             }
             transferability = self.analysis.get("transferability")
             if transferability:  # the pretraining run scores each scheduled checkpoint on the target
@@ -246,7 +247,7 @@ class StudySpec:
             "strategy": strategy,
             "fraction": fraction,
             "seed": seed,
-            "settings": settings,
+            "settings": _hashable(settings),
             "pretraining_run": pre.run_id if pre else None,
         }
         label = _slug(source)
@@ -427,6 +428,31 @@ def _check_settings(settings: Any, where: str, bundle_keys: set[str]) -> dict:
     return settings
 
 
+def _bind_plan(settings: dict, base: Path, where: str) -> dict:
+    """A `plan` setting (a plan.json from `medtransfer plan`) is a path relative to the study file; it is checked
+    here and handed to every run as an absolute path. Run ids hash its content (`_hashable`), never its path."""
+    if not settings.get("plan"):
+        return settings
+    from medtransfer.planning import PlanError, load_plan
+
+    path = Path(str(settings["plan"])).expanduser()
+    path = (path if path.is_absolute() else base / path).resolve()
+    try:
+        load_plan(path)
+    except PlanError as error:
+        raise StudyError(f"{where}.plan: {error}") from None
+    return {**settings, "plan": str(path)}
+
+
+def _hashable(settings: dict) -> dict:
+    """Settings as a run id hashes them: a plan by the sha256 of its bundle keys, not by where the file lies."""
+    if not settings.get("plan"):
+        return settings
+    from medtransfer.planning import load_plan, plan_digest
+
+    return {**settings, "plan": "sha256:" + plan_digest(load_plan(settings["plan"]))}
+
+
 def _check_fractions(fractions: list[float], info: ManifestInfo, where: str) -> None:
     for fraction in fractions:
         _require(0 < fraction <= 1, f"{where}: fraction {fraction} is outside (0, 1]; a fraction of the training "
@@ -539,7 +565,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     overlays = [registry.pretrain_overlay(bundle_root, objective) for objective in registry.pretrain_objectives(bundle_root)]
     for path in [wiring, *overlays] if wiring.is_file() else overlays:
         bundle_keys |= {k for k in (yaml.safe_load(path.read_text()) or {}) if "#" not in k and not k.startswith("+")}
-    settings = _check_settings(content.get("settings"), "settings", bundle_keys)
+    settings = _bind_plan(_check_settings(content.get("settings"), "settings", bundle_keys), base, "settings")
     _refuse_config_syntax(settings, "settings", trusted)
 
     manifests: dict[str, ManifestInfo] = {}
@@ -575,12 +601,13 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
             manifests[source] = _open_manifest_info(source, root, spatial_dims, base)
         fraction = _number(raw.get("fraction", 1.0), f"{where}.fraction")
         _check_fractions([fraction], manifests[source], where)
-        stage_settings = _check_settings(raw.get("settings"), f"{where}.settings", bundle_keys)
+        stage_settings = _bind_plan(_check_settings(raw.get("settings"), f"{where}.settings", bundle_keys), base,
+                                    f"{where}.settings")
         _refuse_config_syntax(stage_settings, f"{where}.settings", trusted)
         objective_config = {**yaml.safe_load(registry.pretrain_wiring(bundle_root).read_text()),
                             **yaml.safe_load(registry.pretrain_overlay(bundle_root, objective).read_text())}
         resolved = {**train, **objective_config, **settings, **stage_settings}
-        max_epochs = int(resolved["max_epochs"])
+        max_epochs = int(static_value(resolved, "max_epochs"))
         stage = {
             "objective": objective,
             "name": _check_name(raw.get("name") or objective, f"{where}.name"),
@@ -640,7 +667,8 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         fractions=fractions,
         seeds=seeds,
         settings=settings,
-        finetune_settings=_check_settings(finetune.get("settings"), "finetune.settings", bundle_keys),
+        finetune_settings=_bind_plan(_check_settings(finetune.get("settings"), "finetune.settings", bundle_keys), base,
+                                     "finetune.settings"),
         source_file=source_file,
         manifests=manifests,
         analysis=analysis,

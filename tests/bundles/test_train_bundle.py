@@ -102,7 +102,11 @@ def test_run_records_precision_and_the_training_loss(tmp_path, medtransfer_home,
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(h["train_loss"] > 0 and h["train_loss"] == h["train_loss"] for h in history)  # finite, not NaN
     assert [h["val_dice"] for h in history] == [v["val_dice"] for v in record["val_history"]]
-    assert record["early_stopping"] == {"patience": None, "stopped_early": False, "stopped_epoch": None}
+    assert record["early_stopping"] == {"patience": None, "min_epochs": 0, "smoothing": 1, "min_delta": 0.0,
+                                        "stopped_early": False, "stopped_epoch": None}
+    # two validations cannot show a plateau: the record says so rather than calling the run converged
+    assert record["converged"]["value"] is False and "too few" in record["converged"]["reason"]
+    assert 0 < record["validation_share"] < 1 and record["validation_seconds"] > 0
     assert record["data_cache_megabytes"]["train"] > 0 and record["data_cache_megabytes"]["validation"] > 0
     series = _scalars(output / "tensorboard")
     assert len(series["train_loss_iteration"]) == 4  # every iteration

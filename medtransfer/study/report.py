@@ -99,7 +99,7 @@ def budget_and_convergence(records: dict[str, dict], budget: int) -> list[dict]:
     with the t-interval over seeds, Δ against scratch at the same fraction (paired t over seeds, Holm within this
     family), the median best epoch, and how many runs were still improving when the budget ended."""
     cells: dict[tuple, dict[str, dict]] = defaultdict(lambda: {"budget": {}, "best": {}, "best_epoch": [],
-                                                               "improving": 0, "runs": 0})
+                                                               "improving": 0, "unconverged": 0, "runs": 0})
     for item in records.values():
         run, record = item["run"], item["record"]
         cell = cells[(run.objective, run.strategy, run.fraction)]
@@ -114,7 +114,11 @@ def budget_and_convergence(records: dict[str, dict], budget: int) -> list[dict]:
         best_epoch = max(history, key=lambda h: h[1])[0]
         cell["best_epoch"].append(best_epoch)
         stopped = bool((record.get("early_stopping") or {}).get("stopped_early"))
-        cell["improving"] += int(not stopped and best_epoch == history[-1][0])
+        still_improving = not stopped and best_epoch == history[-1][0]
+        cell["improving"] += int(still_improving)
+        # run.json["converged"] (planned runs) is the record's own verdict; older runs: the best-at-last-epoch rule
+        converged = (record.get("converged") or {}).get("value")
+        cell["unconverged"] += int(not converged) if converged is not None else int(still_improving)
     rows = []
     for key in sorted(cells, key=lambda k: (k[0] != NO_SOURCE, k[0], k[1] != BASELINE, k[1], k[2])):
         cell = cells[key]
@@ -123,7 +127,9 @@ def budget_and_convergence(records: dict[str, dict], budget: int) -> list[dict]:
         baseline = cells.get((NO_SOURCE, BASELINE, key[2]))
         row = {"objective": key[0], "strategy": key[1], "fraction": key[2], "runs": cell["runs"],
                "budget": cell_summary(cell["budget"]), "best": cell_summary(cell["best"]),
-               "best_epoch_median": float(np.median(cell["best_epoch"])), "improving": cell["improving"]}
+               "best_epoch_median": float(np.median(cell["best_epoch"])), "improving": cell["improving"],
+               "unconverged": cell["unconverged"],
+               "baseline_unconverged": baseline["unconverged"] if baseline is not None else 0}
         if baseline is not None and key[1] != BASELINE:
             row["budget_vs_scratch"] = paired_over_seeds(cell["budget"], baseline["budget"])
             row["best_vs_scratch"] = paired_over_seeds(cell["best"], baseline["best"])
@@ -371,7 +377,12 @@ def _delta(test: dict | None) -> str:
 def _budget_markdown(rows: list[dict], budget: int | None) -> list[str]:
     if not rows:
         return []
+
+    def mark(count: int) -> str:
+        return " †" if count else ""
+
     improving = sum(row["improving"] for row in rows)
+    unconverged = sum(row.get("unconverged", 0) for row in rows)
     total = sum(row["runs"] for row in rows)
     lines = ["", f"## Validation Dice at a fixed small budget ({budget} epochs) and at convergence", "",
              f"*At {budget} epochs*: each run's validation Dice after {budget} epochs. *At convergence*: its best "
@@ -379,18 +390,24 @@ def _budget_markdown(rows: list[dict], budget: int | None) -> list[str]:
              "same maximum for every arm). Mean over seeds [95% t-interval over seeds]; Δ against `scratch` at the "
              "same fraction, paired over seeds (Holm within each column's family). *Still improving*: runs whose best "
              "validation came at their last epoch without an early stop, so the budget, not convergence, ended them. "
-             "Validation Dice, not test Dice: the test split is evaluated once, on the best-validation weights.", "",
+             "Validation Dice, not test Dice: the test split is evaluated once, on the best-validation weights. "
+             "*Not converged*: runs whose run.json says `converged: false` (the smoothed validation Dice was still "
+             "rising when the budget ended). A value or a comparison marked † involves such a run (in the arm or in "
+             "scratch): it is a value at the budget, not at convergence.", "",
+             f"**{unconverged} of {total} fine-tunes did not converge.**",
              f"**{improving} of {total} fine-tunes were still improving when the budget ended.**"
              + (" Where most were, 'at convergence' means 'at the maximum budget'." if improving > total / 2 else ""),
              "",
              f"| objective | strategy | fraction | runs | at {budget} epochs | Δ vs scratch | at convergence | "
-             "Δ vs scratch | best epoch (median) | still improving |",
-             "|---|---|---:|---:|---|---|---|---|---:|---:|"]
+             "Δ vs scratch | best epoch (median) | still improving | not converged |",
+             "|---|---|---:|---:|---|---|---|---|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['objective']} | {row['strategy']} | {row['fraction']:g} | {row['runs']} | "
                      f"{_interval(row['budget'])} | {_delta(row.get('budget_vs_scratch'))} | "
-                     f"{_interval(row['best'])} | {_delta(row.get('best_vs_scratch'))} | "
-                     f"{row['best_epoch_median']:g} | {row['improving']} of {row['runs']} |")
+                     f"{_interval(row['best'])}{mark(row['unconverged'])} | "
+                     f"{_delta(row.get('best_vs_scratch'))}{mark(row['unconverged'] + row['baseline_unconverged'])} | "
+                     f"{row['best_epoch_median']:g} | {row['improving']} of {row['runs']} | "
+                     f"{row['unconverged']} of {row['runs']} |")
     return lines
 
 

@@ -38,3 +38,21 @@ def test_fast_start_without_a_higher_end_shows_in_the_budget_column_only():
     assert decoder["best_vs_scratch"]["p_holm"] > 0.3
     text = "\n".join(_budget_markdown(rows, 2))
     assert "at 2 epochs" in text and "4 of 6 fine-tunes were still improving" in text
+
+
+def test_a_comparison_with_an_unconverged_run_is_marked_not_at_convergence():
+    records = {}
+    for seed in range(3):
+        records[f"s{seed}"] = _record("scratch", seed, [0.5, 0.6, 0.62, 0.62])
+        records[f"s{seed}"]["record"]["converged"] = {"value": True, "reason": "plateau"}
+        records[f"e{seed}"] = _record("encoder", seed, [0.6, 0.65, 0.66, 0.66])
+        # run.json's own verdict wins over the best-at-last-epoch rule: seed 2 says it was still rising
+        records[f"e{seed}"]["record"]["converged"] = {"value": seed != 2, "reason": "x"}
+    scratch, encoder = budget_and_convergence(records, budget=1)
+    assert scratch["unconverged"] == 0 and encoder["unconverged"] == 1 and encoder["baseline_unconverged"] == 0
+    text = "\n".join(_budget_markdown([scratch, encoder], 1))
+    assert "**1 of 6 fine-tunes did not converge.**" in text
+    scratch_line = next(line for line in text.splitlines() if line.startswith("| none | scratch"))
+    encoder_line = next(line for line in text.splitlines() if line.startswith("| seg | encoder"))
+    assert "†" not in scratch_line and scratch_line.endswith("| 0 of 3 |")
+    assert encoder_line.count("†") == 2 and encoder_line.endswith("| 1 of 3 |")  # its value and its Δ vs scratch

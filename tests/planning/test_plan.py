@@ -1,0 +1,104 @@
+"""The plan: fingerprint by MONAI's DataAnalyzer, nnU-Net's geometry rules, the bundle keys a run takes from it."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtransfer.atomic import save_json
+from medtransfer.data import open_manifest
+from medtransfer.data.manifest_builder import build_manifest
+from medtransfer.planning import PlanError, PlannedDefaults, load_plan, make_plan, static_value
+from medtransfer.planning.rules import plan_budget, plan_geometry
+
+# A fingerprint shaped like BUSI's (192 x 160 median, lesions of 65 x 37 px, 453 cases).
+BUSI_LIKE = {
+    "data_manifest": "busi_like", "dimensions": 2, "channels": 1, "n_cases": 453,
+    "shape": {"median": [192.0, 160.0], "max": [192, 192], "min": [129, 142]},
+    "spacing": {"median": [1.0, 1.0], "min": [1.0, 1.0], "max": [1.0, 1.0]},
+    "foreground_object": {"median": [65.0, 37.0]},
+}
+
+
+def _folder(tmp_path, n=12, size=(96, 80), empty=False):
+    """images/ + labels/ of grey PNGs, each with one bright disc (its label), seeded."""
+    rng = np.random.default_rng(0)
+    for folder in ("images", "labels"):
+        (tmp_path / "data" / folder).mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[: size[1], : size[0]]
+    for index in range(n):
+        cy, cx, r = rng.integers(25, size[1] - 25), rng.integers(25, size[0] - 25), rng.integers(6, 12)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (not empty)
+        image = (rng.normal(60, 10, mask.shape) + 120 * mask).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"case_{index:02d}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(tmp_path / "data" / "labels" / f"case_{index:02d}.png")
+    path = tmp_path / "toy.json"
+    save_json(path, build_manifest(tmp_path / "data", name="toy", near_duplicates=False))
+    return open_manifest(path, tmp_path / "data")
+
+
+def test_busi_like_geometry_follows_nnunet_rules():
+    geometry = plan_geometry(BUSI_LIKE, None)
+    assert geometry["target_spacing"] is None  # every case has the same spacing: no resampling
+    assert geometry["patch_size"] == [192, 160]  # the median image (nnU-Net's start; it chose 160 x 192 too)
+    assert geometry["pools"] == 5 and geometry["filters"] == [16, 32, 64, 128, 256, 256]
+    budget = plan_budget(BUSI_LIKE, geometry, n_validation=65, minutes=15)
+    assert budget["num_samples"] == 1 and budget["batch_size"] == 9  # 262144 px per step / 30720 px per patch
+    assert budget["iterations"] == budget["max_epochs"] * budget["iterations_per_epoch"]
+    assert 25 <= budget["iterations_per_epoch"] <= 250
+    # twice the budget, twice the iterations (within one epoch's rounding)
+    doubled = plan_budget(BUSI_LIKE, geometry, n_validation=65, minutes=30)
+    assert abs(doubled["iterations"] - 2 * budget["iterations"]) <= budget["iterations_per_epoch"]
+    assert budget["early_stop_min_epochs"] == int(np.ceil(0.3 * budget["max_epochs"]))
+
+
+def test_heterogeneous_spacing_resamples_to_the_median_and_an_object_too_large_is_refused():
+    fingerprint = copy.deepcopy(BUSI_LIKE)
+    fingerprint["spacing"] = {"median": [0.5, 0.5], "min": [0.4, 0.4], "max": [0.8, 0.8]}
+    assert plan_geometry(fingerprint, None)["target_spacing"] == [0.5, 0.5]
+    fingerprint["foreground_object"]["median"] = [150.0, 37.0]  # needs a 300-px patch: beyond the 256 cap
+    with pytest.raises(PlanError, match=r"busi_like: the median foreground object \(150 voxels on axis 0"):
+        plan_geometry(fingerprint, [0.5, 0.5])
+
+
+def test_plan_of_a_real_folder_and_the_bundle_keys_a_run_takes(tmp_path, capsys):
+    manifest = _folder(tmp_path)
+    plan = make_plan(manifest, minutes=5)
+    data = plan["fingerprint"]
+    assert data["analyser"].startswith("monai.apps.auto3dseg.DataAnalyzer")
+    assert data["shape"]["median"] == [96.0, 80.0] and data["n_cases"] == len(manifest.case_ids("training"))
+    assert 12 <= data["foreground_object"]["median"][0] <= 24  # discs of radius 6-11
+    assert 0 < data["foreground_share"]["median"] < 0.1 and data["cases_without_foreground"] == []
+    assert plan["bundle_keys"]["patch_size"] == [96, 80] and plan["bundle_keys"]["augmentation"] == "nnunet"
+    path = tmp_path / "plan.json"
+    save_json(path, plan)
+    planned = PlannedDefaults(str(path), spatial_dims=2)
+    assert planned.value("patch_size", [128, 128]) == [96, 80] and planned.value("learning_rate", 0.1) == 0.1
+    resolved = {**plan["bundle_keys"], "batch_size": 3}
+    planned.announce(resolved)
+    out = capsys.readouterr().out
+    assert f"medtransfer: plan key batch_size overridden: given 3, plan {plan['bundle_keys']['batch_size']}" in out
+    assert out.count("overridden") == 1 and "patch_size [96, 80]" in out
+    record = planned.record()
+    assert record["sha256"] == planned.digest and record["overridden"] == {
+        "batch_size": {"plan": plan["bundle_keys"]["batch_size"], "given": 3}}
+    with pytest.raises(PlanError, match="a 2D plan cannot drive a 3D bundle"):
+        PlannedDefaults(str(path), spatial_dims=3)
+    # the study reads planned keys statically: the plan's value, else the literal default
+    raw = {"max_epochs": "$@planned.value('max_epochs', 30)"}
+    assert static_value(raw, "max_epochs") == 30
+    assert static_value({**raw, "plan": str(path)}, "max_epochs") == plan["bundle_keys"]["max_epochs"]
+
+
+def test_no_foreground_and_bad_plan_files_are_named(tmp_path):
+    manifest = _folder(tmp_path, n=6, empty=True)
+    with pytest.raises(PlanError, match=r"toy: no training case has foreground \(checked \d+ label files, e\.g\. .*labels/case_"):
+        make_plan(manifest)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(PlanError, match=r"bad.json: not a medtransfer plan \(format 'something-else'"):
+        load_plan(bad)
+    with pytest.raises(PlanError, match="plan file not found"):
+        load_plan(tmp_path / "missing.json")

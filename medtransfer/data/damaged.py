@@ -68,9 +68,13 @@ def _check_pixels(path: Path, width: int, height: int, frames: int = 1) -> None:
     pixels = int(width) * int(height) * max(1, int(frames))
     if pixels > limit:
         raise DamagedImageError(
-            f"{path}: image of {width}×{height}{f'×{frames}' if frames > 1 else ''} ({pixels / 1e6:,.0f} megapixels) "
-            f"exceeds the limit of {limit / 1e6:,.0f} megapixels (a decompression bomb or a mislabelled file); "
+            f"{path}: image of {width}×{height}{f'×{frames}' if frames > 1 else ''} ({_mega(pixels)} megapixels) "
+            f"exceeds the limit of {_mega(limit)} megapixels (a decompression bomb or a mislabelled file); "
             f"set {PIXELS_ENV} to allow it")
+
+
+def _mega(pixels: int) -> str:
+    return f"{pixels / 1e6:,.0f}" if pixels >= 1e7 else f"{pixels / 1e6:.1f}"
 
 
 def _nifti(path: Path) -> None:

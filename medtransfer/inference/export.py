@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import medtransfer
 from medtransfer import registry
-from medtransfer.atomic import atomic_write, save_json, sha256_of
+from medtransfer.atomic import atomic_write, replace_folder, save_json, sha256_of
 from medtransfer.inference.bundle_loading import (
     CHECKSUM_KEY,
     WEIGHTS_PATH,
@@ -508,12 +508,13 @@ def _onnx(network: torch.nn.Module, roi_size: list[int], path: Path) -> None:
 
 
 def _zip(folder: Path, archive: Path) -> Path:
-    temporary = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zipped.write(path, f"{folder.name}/{path.relative_to(folder)}")  # unzips into <name>/
-    os.replace(temporary, archive)
+    def write(stream) -> None:
+        with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    zipped.write(path, f"{folder.name}/{path.relative_to(folder)}")  # unzips into <name>/
+
+    atomic_write(archive, write)  # a full disk or a crash leaves the previous zip (and no temporary file)
     return archive
 
 
@@ -630,10 +631,8 @@ def export_bundle(
         if not report["ok"]:
             failed = {k: v for k, v in report["checks"].items() if v != "passed" and not v.startswith("skipped")}
             raise ExportError(f"the exported bundle fails verification: {json.dumps(failed, indent=2)}")
-        if output.exists():
-            shutil.rmtree(output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, output)
+        replace_folder(staging, output)  # the previous bundle stays whole until this one takes its place
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if zip:

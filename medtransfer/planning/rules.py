@@ -17,7 +17,10 @@ from medtransfer.planning.fingerprint import PlanError
 STEP_VOXELS = {2: 16 * 128 * 128, 3: 4 * 64 * 64 * 64}
 STEP_SECONDS = {2: 0.26, 3: 1.7}
 AUGMENTATION_OVERHEAD = 1.25  # measured: the nnU-Net-strength chain adds about a quarter to a 2D step here
-INFERENCE_SPEEDUP = 3.0  # a forward pass alone costs about a third of a training step per voxel
+# Validation per voxel (sliding window at batch 1, post-processing, metrics) against a training step per voxel:
+# measured on BUSI (2026-12-07, plan 9 x 192 x 160): 0.47 s per step, 4.2 s per validation of 65 images, i.e.
+# validation runs at 0.65x a step's voxel rate (not the 3x a bare forward pass would suggest).
+INFERENCE_SPEEDUP = 0.65
 MAX_PATCH_EDGE = {2: 256, 3: 128}  # CPU cap per axis (nnU-Net caps by GPU memory instead)
 MAX_POOLS = 5  # nnU-Net v2: at most 5 poolings on these patch sizes (6 levels)
 MIN_BOTTLENECK_EDGE = 4  # nnU-Net v2 `featuremap_min_edge_length`
@@ -33,7 +36,7 @@ RULES = {
     "target_spacing": "the manifest's target_spacing where it sets one, else the median spacing (nnU-Net), or none "
                       "when every case has the same spacing",
     "patch_size": "the median image after resampling (nnU-Net's start), at least twice the median foreground object "
-                  "per axis (the object plus half its size of context on each side), at most "
+                  "per axis (the object plus half its size of context on each side) or the whole image, at most "
                   f"{MAX_PATCH_EDGE} per axis (CPU cap), rounded to a multiple of 2^pools",
     "filters": f"pool while the bottleneck stays >= {MIN_BOTTLENECK_EDGE} voxels on every axis, at most {MAX_POOLS} "
                "pools (nnU-Net); base features 32 on GPU as nnU-Net, 16 on CPU (measured here), doubling per level, "
@@ -65,14 +68,15 @@ def plan_geometry(fingerprint: dict, target_spacing: list[float] | None, device:
     image = [m * f for m, f in zip(fingerprint["shape"]["median"], scale)]
     largest_image = [m * f for m, f in zip(fingerprint["shape"]["max"], scale)]
     objects = [m * f for m, f in zip(fingerprint["foreground_object"]["median"], scale)]
-    needed = [2.0 * o for o in objects]
+    # context: twice the object, or the whole image where the image is smaller than that
+    needed = [min(2.0 * o, i) for o, i in zip(objects, largest_image)]
     for axis in range(dims):
-        if needed[axis] > MAX_PATCH_EDGE[dims] or objects[axis] > largest_image[axis]:
+        if objects[axis] > MAX_PATCH_EDGE[dims]:
             raise PlanError(
                 f"{fingerprint['data_manifest']}: the median foreground object ({objects[axis]:.0f} voxels on axis "
-                f"{axis} after resampling to {target_spacing or 'native spacing'}) needs a patch of "
-                f"{needed[axis]:.0f} with context, beyond the CPU cap of {MAX_PATCH_EDGE[dims]} or every image "
-                f"(largest {largest_image[axis]:.0f}); set a coarser target_spacing in the manifest")
+                f"{axis} after resampling to {target_spacing or 'native spacing'}) does not fit the CPU cap of "
+                f"{MAX_PATCH_EDGE[dims]} voxels per patch axis (largest image {largest_image[axis]:.0f}); set a "
+                "coarser target_spacing in the manifest")
     patch = [min(MAX_PATCH_EDGE[dims], max(i, min(n, largest_image[a])))
              for a, (i, n) in enumerate(zip(image, needed))]
     pools = min(MAX_POOLS, *[int(math.floor(math.log2(max(p, 1) / MIN_BOTTLENECK_EDGE))) for p in patch])

@@ -58,8 +58,14 @@ def test_heterogeneous_spacing_resamples_to_the_median_and_an_object_too_large_i
     fingerprint = copy.deepcopy(BUSI_LIKE)
     fingerprint["spacing"] = {"median": [0.5, 0.5], "min": [0.4, 0.4], "max": [0.8, 0.8]}
     assert plan_geometry(fingerprint, None)["target_spacing"] == [0.5, 0.5]
-    fingerprint["foreground_object"]["median"] = [150.0, 37.0]  # needs a 300-px patch: beyond the 256 cap
-    with pytest.raises(PlanError, match=r"busi_like: the median foreground object \(150 voxels on axis 0"):
+    fingerprint["foreground_object"]["median"] = [150.0, 37.0]  # fills most of the image: the whole image will do
+    assert plan_geometry(fingerprint, [0.5, 0.5])["patch_size"] == [192, 160]
+    fingerprint["foreground_object"]["median"] = [140.0, 37.0]
+    fingerprint["spacing"]["median"] = [0.25, 0.5]  # at 0.5 mm the object is 70 px, twice that 140 > the image
+    assert plan_geometry(fingerprint, [0.5, 0.5])["patch_size"][0] == 96
+    fingerprint["spacing"]["median"] = [1.0, 0.5]  # at 0.5 mm: a 280-px object, beyond the 256-px cap
+    with pytest.raises(PlanError, match=r"busi_like: the median foreground object \(280 voxels on axis 0 after "
+                                        r"resampling to \[0.5, 0.5\]\) does not fit the CPU cap of 256"):
         plan_geometry(fingerprint, [0.5, 0.5])
 
 

@@ -21,19 +21,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medtransfer.study.spec import Run, StudyError, StudySpec
+from medtransfer.study.spec import Run, StudyError, StudySpec, StudyTooLargeError
 
 RUNS_ENV = "MEDTRANSFER_CONFIRM_RUNS"
 HOURS_ENV = "MEDTRANSFER_CONFIRM_HOURS"
 DEFAULT_RUNS = 500
 DEFAULT_HOURS = 24.0
 TIMINGS_NAME = "run_seconds.json"
-# No study may hold more runs: expanding 100,000 takes ~10 s, and training them years on one machine.
-MAX_RUNS = 100_000
-
-
-class StudyTooLargeError(StudyError):
-    """A study above the confirmation threshold, started without `--yes` and without a terminal to ask."""
 
 
 @dataclass
@@ -102,22 +96,6 @@ def _run_record(study_dir: Path, run: Run) -> dict | None:
 
 def _stage_of(run: Run) -> str:
     return f"pretrain {run.objective}" if run.kind == "pretrain" else f"finetune {run.strategy}"
-
-
-def grid_count(spec: StudySpec) -> int:
-    """Runs of the fine-tuning grid, counted without expanding it."""
-    sources = len(spec.stages) + len(spec.checkpoint_sources) + 1
-    return len(spec.stages) + len(spec.strategies) * sources * len(spec.fractions) * len(spec.seeds)
-
-
-def check_grid_count(spec: StudySpec) -> None:
-    """Refuse a grid above MAX_RUNS before it is expanded (that alone would take minutes)."""
-    upper = grid_count(spec)
-    if upper > MAX_RUNS:
-        raise StudyTooLargeError(
-            f"the grid has up to {upper:,} runs ({len(spec.strategies)} strategies × {len(spec.fractions)} fractions "
-            f"× {len(spec.seeds):,} seeds per source), more than {MAX_RUNS:,} that a study may hold; check "
-            "finetune.seeds and finetune.fractions")
 
 
 def study_size(spec: StudySpec, study_dir: str | Path | None, workers: int | None = None) -> StudySize:

@@ -677,8 +677,6 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         checkpoint_sources=checkpoint_sources,
         resources=resources,
     )
-    from medtransfer.study.size import check_grid_count
-
     check_grid_count(spec)  # a mistyped range of seeds is refused before a million runs are expanded
     runs = spec.expand()
     _require(any(run.kind == "finetune" for run in runs),
@@ -723,3 +721,26 @@ def bundle_command(run: Run, bundle_root: Path, output_dir: Path, source_checkpo
     if overwrite:
         command += ["--overwrite", "True"]
     return command
+
+
+MAX_RUNS = 100_000  # a study above this is a typo (a mistyped range of seeds), refused before it is expanded
+
+
+class StudyTooLargeError(StudyError):
+    """A study above the confirmation threshold, started without `--yes` and without a terminal to ask."""
+
+
+def grid_count(spec: StudySpec) -> int:
+    """Runs of the fine-tuning grid, counted without expanding it."""
+    sources = len(spec.stages) + len(spec.checkpoint_sources) + 1
+    return len(spec.stages) + len(spec.strategies) * sources * len(spec.fractions) * len(spec.seeds)
+
+
+def check_grid_count(spec: StudySpec) -> None:
+    """Refuse a grid above MAX_RUNS before it is expanded (that alone would take minutes)."""
+    upper = grid_count(spec)
+    if upper > MAX_RUNS:
+        raise StudyTooLargeError(
+            f"the grid has up to {upper:,} runs ({len(spec.strategies)} strategies × {len(spec.fractions)} fractions "
+            f"× {len(spec.seeds):,} seeds per source), more than {MAX_RUNS:,} that a study may hold; check "
+            "finetune.seeds and finetune.fractions")

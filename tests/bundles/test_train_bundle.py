@@ -141,6 +141,7 @@ def test_early_stopping_stops_on_validation_dice_and_resumes_its_count(tmp_path,
     record = json.loads((output / "run.json").read_text())
     assert record["status"] == "finished" and record["resumed"] is True
     assert record["config"]["early_stop_patience"] == 2 and record["config"]["max_epochs"] == 5
-    assert record["early_stopping"] == {"patience": 2, "stopped_early": True, "stopped_epoch": 3}
+    assert record["early_stopping"] == {"patience": 2, "min_epochs": 0, "smoothing": 1, "min_delta": 0.0,
+                                       "stopped_early": True, "stopped_epoch": 3}
     assert record["epochs"] == 3 and record["best_epoch"] == 1
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]  # the loss curve survived the crash too

@@ -48,13 +48,15 @@ from typing import Any
 import torch
 import yaml
 from monai.inferers import sliding_window_inference
-from monai.networks.nets import DynUNet, FlexibleUNet
+from monai.networks.nets import BasicUNet, DynUNet, FlexibleUNet, SegResNet, SwinUNETR, UNet
 from monai.transforms import Compose
 
 from medtransfer import registry
 from medtransfer.atomic import sha256_of
 from medtransfer.inference import standalone
-from medtransfer.networks import NetworkConfigError, build_dynunet, build_resnet_unet
+from medtransfer.inference.bundle_networks import EnsembleSlidingWindowInferer, ProbabilityEnsemble, ScriptableFlexibleUNet
+from medtransfer.networks import NetworkConfigError, NetworkSpecError, build_dynunet, build_resnet_unet
+from medtransfer.networks import check_architecture
 from medtransfer.training.run_folder import RunDirectoryError, RunFolder
 from medtransfer.training.weights import WeightsError, load_weights, read_state_dict
 
@@ -76,10 +78,21 @@ NETWORK_TARGETS: dict[str, Callable] = {
     "FlexUNet": FlexibleUNet,
     "monai.networks.nets.FlexibleUNet": FlexibleUNet,
     "monai.networks.nets.flexible_unet.FlexibleUNet": FlexibleUNet,
+    standalone.SCRIPTABLE_FLEXIBLE_UNET: ScriptableFlexibleUNet,  # medtransfer's copy of the bundle's scripts/
+    # a run fine-tuned in its source's own architecture (arguments checked by networks.check_architecture)
+    "monai.networks.nets.UNet": UNet,
+    "monai.networks.nets.BasicUNet": BasicUNet,
+    "monai.networks.nets.SegResNet": SegResNet,
+    "monai.networks.nets.SwinUNETR": SwinUNETR,
+}
+# what MONAI's parser imports for each allow-listed target that lives in a bundle's scripts/ (medtransfer's copy)
+IMPORTABLE_TARGETS = {
+    standalone.SCRIPTABLE_FLEXIBLE_UNET: "medtransfer.inference.bundle_networks.ScriptableFlexibleUNet",
+    standalone.ENSEMBLE: "medtransfer.inference.bundle_networks.ProbabilityEnsemble",
 }
 PREPROCESSING_TARGETS = ("medtransfer.data.eval_transforms", "medtransfer.data.transforms.eval_transforms")
 PREPROCESSING_ARGS = ("dimensions", "target_spacing", "with_label", "label_map", "channels")
-INFERER_TARGETS = ("SlidingWindowInferer", "monai.inferers.SlidingWindowInferer")
+INFERER_TARGETS = ("SlidingWindowInferer", "monai.inferers.SlidingWindowInferer", standalone.ENSEMBLE_SLIDING_WINDOW)
 INFERER_ARGS = ("roi_size", "sw_batch_size", "overlap", "mode")
 POSTPROCESSING_TARGETS = ("medtransfer.inference.transforms.inference_postprocessing",)
 DEFAULT_SW_BATCH_SIZE = 4
@@ -272,6 +285,9 @@ class SafeSpec:
     overlap: float
     mode: str
     channels: int = 1  # input channels the preprocessing checks and the network takes (grey 1, RGB 3, ...)
+    # an ensemble (network_target standalone.ENSEMBLE): each member's (_target_, literal arguments);
+    # network_args are then the first member's
+    members: list[tuple[str, dict]] | None = None
 
 
 def _refusal(bundle: Path, config_path: Path, problems: list[str]) -> UntrustedBundleError:
@@ -337,10 +353,47 @@ def _learned_postprocess(metadata: Mapping | None) -> dict | None:
         return None  # a bad entry: the chain comparison then fails and names the step
 
 
+def _source_architecture(target: str | None, arguments: dict, where: str, literals: _Literals) -> None:
+    """A source architecture's arguments must pass the same allow-list its fine-tuning did."""
+    name = (target or "").rsplit(".", 1)[-1]
+    # (DynUNet is medtransfer's own family: any literal arguments, as before)
+    if target in NETWORK_TARGETS and name in standalone.SOURCE_ARCHITECTURES and name != "DynUNet":
+        try:
+            check_architecture({"name": name, **arguments}, where)
+        except NetworkSpecError as error:
+            literals.problems.append(str(error))
+
+
+def _network(config: Mapping, literals: _Literals) -> tuple[str | None, dict, list[tuple[str, dict]] | None]:
+    """network_def's target and literal arguments; an ensemble's members each checked like a single network."""
+    definition = config.get("network_def")
+    if not (isinstance(definition, Mapping) and definition.get("_target_") == standalone.ENSEMBLE):
+        target, arguments = literals.component(config, "network_def", NETWORK_TARGETS)
+        _source_architecture(target, arguments, "network_def", literals)
+        return target, arguments, None
+    members = definition.get("members")
+    extra = sorted(set(definition) - {"_target_", "members"})
+    if extra:
+        literals.problems.append(f"network_def has arguments other than members: {extra}")
+    if not isinstance(members, list) or not members:
+        literals.problems.append("network_def::members: expected a non-empty list of network definitions")
+        return standalone.ENSEMBLE, {}, []
+    specs = []
+    for index, member in enumerate(members):
+        where = f"network_def::members::{index}"
+        target, arguments = literals.component({where: member}, where, NETWORK_TARGETS)
+        _source_architecture(target, arguments, where, literals)
+        specs.append((target, arguments))
+    layouts = {(a.get("spatial_dims"), a.get("in_channels")) for _, a in specs}
+    if len(layouts) > 1:
+        literals.problems.append(f"network_def::members disagree on (spatial_dims, in_channels): {sorted(layouts, key=str)}")
+    return standalone.ENSEMBLE, dict(specs[0][1]), specs
+
+
 def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mapping | None = None) -> SafeSpec:
     """Check ``config`` against the allow-list and return its literal settings; raise UntrustedBundleError."""
     literals = _Literals(config)
-    network_target, network_args = literals.component(config, "network_def", NETWORK_TARGETS)
+    network_target, network_args, members = _network(config, literals)
     if _is_compose(config.get("preprocessing")):
         pre_args = _standard_chain(config, network_args.get("spatial_dims"), literals)
     else:
@@ -360,9 +413,10 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
                 f"postprocessing = {target!r} (segment only supports medtransfer's standard postprocessing: "
                 f"{POSTPROCESSING_TARGETS[0]})"
             )
-    if network_target in ("FlexibleUNet", "FlexUNet") or "FlexibleUNet" in (network_target or ""):
-        if network_args.get("pretrained"):
-            literals.problems.append("network_def::pretrained = true (downloads weights when built)")
+    for target, arguments in members or [(network_target, network_args)]:
+        if "FlexibleUNet" in (target or "") or target == "FlexUNet":
+            if arguments.get("pretrained"):
+                literals.problems.append("network_def::pretrained = true (downloads weights when built)")
     if pre_args.get("with_label", True) is not False:
         literals.problems.append("preprocessing::with_label must be false for inference")
     if literals.problems:
@@ -408,18 +462,47 @@ def safe_spec(bundle: Path, config: Mapping, config_path: Path, metadata: Mappin
         overlap=float(inferer_args.get("overlap", DEFAULT_OVERLAP)),
         mode=str(inferer_args.get("mode", "constant")),
         channels=channels,
+        members=members,
     )
 
 
-def build_safe_network(spec: SafeSpec) -> torch.nn.Module:
-    builder = NETWORK_TARGETS[spec.network_target]
-    arguments = dict(spec.network_args)
-    if builder is FlexibleUNet:
+def _build_one(target: str, arguments: dict) -> torch.nn.Module:
+    builder = NETWORK_TARGETS[target]
+    arguments = dict(arguments)
+    if isinstance(builder, type) and issubclass(builder, FlexibleUNet):
         arguments["pretrained"] = False
     try:
         return builder(**arguments)
     except (TypeError, ValueError) as error:
-        raise BundleError(f"network_def: {spec.network_target}({arguments}) failed: {error}") from None
+        raise BundleError(f"network_def: {target}({arguments}) failed: {error}") from None
+
+
+def build_safe_network(spec: SafeSpec) -> torch.nn.Module:
+    if spec.members is not None:
+        return ProbabilityEnsemble([_build_one(target, arguments) for target, arguments in spec.members])
+    return _build_one(spec.network_target, spec.network_args)
+
+
+def importable_network_def(spec: SafeSpec) -> dict:
+    """The checked network_def as a config MONAI's parser builds without the bundle's scripts/ on sys.path
+    (medtransfer's copies of that code): what `bundle verify` feeds to MONAI's verify_net_in_out."""
+    def one(target: str, arguments: dict) -> dict:
+        arguments = dict(arguments)
+        if isinstance(NETWORK_TARGETS[target], type) and issubclass(NETWORK_TARGETS[target], FlexibleUNet):
+            arguments["pretrained"] = False
+        return {"_target_": IMPORTABLE_TARGETS.get(target, target), **arguments}
+
+    if spec.members is not None:
+        return {"_target_": IMPORTABLE_TARGETS[standalone.ENSEMBLE], "members": [one(t, a) for t, a in spec.members]}
+    return one(spec.network_target, spec.network_args)
+
+
+def safe_inferer(spec: SafeSpec) -> Callable | None:
+    """An ensemble's inferer (sliding windows per member, probabilities averaged); None: SegmentationModel's own."""
+    if spec.members is None:
+        return None
+    return EnsembleSlidingWindowInferer(roi_size=spec.roi_size, sw_batch_size=spec.sw_batch_size,
+                                        overlap=spec.overlap, mode=spec.mode)
 
 
 # --- weights ------------------------------------------------------------------------------------------------
@@ -508,6 +591,7 @@ def load_bundle(bundle: str | Path, trusted: bool = False, device: str | torch.d
             sw_batch_size=spec.sw_batch_size,
             overlap=spec.overlap,
             mode=spec.mode,
+            inferer=safe_inferer(spec),
             source=f"bundle {bundle}",
             label_name=_label_name(metadata),
             metadata=metadata,

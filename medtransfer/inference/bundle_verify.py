@@ -83,7 +83,7 @@ def verify_network(bundle: Path, trusted: bool = False) -> None:
     """MONAI `verify_net_in_out`: builds the network, feeds metadata-shaped input, checks channels and dtype."""
     from monai.bundle import verify_net_in_out
 
-    from medtransfer.inference.bundle_loading import FlexibleUNet, NETWORK_TARGETS, read_config_file, safe_spec
+    from medtransfer.inference.bundle_loading import importable_network_def, read_config_file, safe_spec
 
     meta_file = bundle / registry.METADATA
     config_file = _inference_config(bundle)
@@ -93,14 +93,11 @@ def verify_network(bundle: Path, trusted: bool = False) -> None:
         return
     metadata = json.loads(meta_file.read_text())
     spec = safe_spec(bundle, read_config_file(config_file), config_file, metadata)
-    arguments = dict(spec.network_args)
-    if NETWORK_TARGETS[spec.network_target] is FlexibleUNet:
-        arguments["pretrained"] = False
     formats = metadata.get("network_data_format")
     _plain_data(formats, "network_data_format")
     with tempfile.TemporaryDirectory() as folder:
         safe_config, safe_meta = Path(folder) / "network.json", Path(folder) / "metadata.json"
-        safe_config.write_text(json.dumps({"network_def": {"_target_": spec.network_target, **arguments}}))
+        safe_config.write_text(json.dumps({"network_def": importable_network_def(spec)}))
         safe_meta.write_text(json.dumps({"network_data_format": formats}))
         verify_net_in_out(net_id="network_def", meta_file=str(safe_meta), config_file=str(safe_config),
                           device="cpu")

@@ -87,9 +87,14 @@ def _export(args: argparse.Namespace) -> int:
     from medtransfer.inference.bundle_loading import UntrustedBundleError
     from medtransfer.inference.export import ExportError, export_bundle
 
+    from medtransfer.inference.monailabel_app import MonaiLabelAppError, check_app_folder, write_monailabel_app
+
+    runs = args.run_dir
     try:
+        if args.monailabel_app:  # refused before anything is exported
+            check_app_folder(args.monailabel_app, args.overwrite)
         folder = export_bundle(
-            args.run_dir,
+            runs if len(runs) > 1 else runs[0],
             args.output,
             zip=args.zip,
             torchscript=args.torchscript,
@@ -99,10 +104,16 @@ def _export(args: argparse.Namespace) -> int:
             test_scan=args.test_scan,
             version=args.version,
         )
-    except (ExportError, UntrustedBundleError) as error:
+        app = None
+        if args.monailabel_app:
+            app = write_monailabel_app(folder, args.monailabel_app, name=args.model_name, overwrite=args.overwrite)
+    except (ExportError, UntrustedBundleError, MonaiLabelAppError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"exported {args.run_dir} -> {folder}" + (f" and {folder}.zip" if args.zip else ""))
+    what = f"an ensemble of {len(runs)} runs ({', '.join(runs)})" if len(runs) > 1 else runs[0]
+    print(f"exported {what} -> {folder}" + (f" and {folder}.zip" if args.zip else ""))
+    if app is not None:
+        print(f"MONAI Label app -> {app.folder} (model {app.name}); start it with:\n  {app.start_command}")
     return 0
 
 
@@ -158,7 +169,10 @@ def register(subparsers) -> None:
             "verify` before it is written."
         ),
     )
-    export.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a finished training run")
+    export.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
+                        help="output folder of a finished training run; several runs make an ensemble bundle "
+                             "(same architecture family, channels, spacing, label meaning and patch size; softmax "
+                             "probabilities averaged, as `segment RUN_A RUN_B` does)")
     export.add_argument("--output", "-o", required=True, help="bundle folder to create")
     export.add_argument("--zip", action="store_true", help="also write OUTPUT.zip (unzips into its folder)")
     export.add_argument("--torchscript", action="store_true", help="add models/model.ts (checked for the same mask)")
@@ -168,4 +182,9 @@ def register(subparsers) -> None:
     export.add_argument("--manifest", help="the run's data manifest, if it is not found by name")
     export.add_argument("--test-scan", help="scan to compare TorchScript/ONNX masks on (default: first test case)")
     export.add_argument("--version", default="0.1.0", help="bundle version (semver)")
+    export.add_argument("--monailabel-app", metavar="APP_DIR",
+                        help="also write a MONAI Label app folder serving the bundle (main.py, README for "
+                             "clinicians; refused when APP_DIR is not empty, unless --overwrite)")
+    export.add_argument("--model-name", help="the app's model name in MONAI Label and 3D Slicer (default: from "
+                                             "the label, e.g. hippocampus_segmentation)")
     export.set_defaults(handler=_export)

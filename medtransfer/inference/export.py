@@ -24,13 +24,15 @@ import logging
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import medtransfer
 from medtransfer import registry
-from medtransfer.atomic import atomic_write, replace_folder, save_json, sha256_of
+from medtransfer.atomic import atomic_write, replace_folder, save_json, save_torch, sha256_of
 from medtransfer.inference.bundle_loading import (
     CHECKSUM_KEY,
     WEIGHTS_PATH,
@@ -43,7 +45,11 @@ from medtransfer.inference.bundle_loading import (
 )
 from medtransfer.inference.bundle_verify import compare_masks, onnx_runner, verify_bundle
 from medtransfer.inference.model_info import CLINICAL_KEY, export_clinical, learned_postprocess, postprocessing_note
-from medtransfer.inference.standalone import REQUIRED_PACKAGES, StandaloneError, inference_config, write_scripts
+from medtransfer.inference.bundle_networks import ProbabilityEnsemble
+from medtransfer.inference.standalone import (
+    REQUIRED_PACKAGES, StandaloneError, ensemble_def, inference_config, network_def, write_scripts,
+)
+from medtransfer.networks import NetworkSpecError, build_network
 from medtransfer.networks.config import NetworkConfigError, network_input_channels, total_stride
 from medtransfer.training.run_folder import RunDirectoryError, RunFolder, WrongTaskError
 from medtransfer.training.weights import WeightsError, load_weights
@@ -75,6 +81,15 @@ RESEARCH_ONLY = (
 
 class ExportError(MedtransferError, ValueError):
     """A run cannot be exported (unfinished, missing files, or the exported bundle fails verification)."""
+
+
+class EnsembleMemberError(ExportError):
+    """Runs that cannot form one ensemble bundle: the message names the member and the field they disagree on."""
+
+
+# what the members of an ensemble must share, so that their probabilities can be averaged voxel by voxel
+ENSEMBLE_FIELDS = ("spatial dimensions", "architecture family", "input channels", "target spacing",
+                   "label meaning", "patch size")
 
 
 # --- facts from the run -------------------------------------------------------------------------------------
@@ -154,11 +169,13 @@ def _check_no_machine_paths(text: str, run: Path) -> None:
         raise ExportError(f"the exported inference config would reference paths of this machine: {found}")
 
 
-def _network_data_format(template_meta: dict, config: dict, manifest: dict, label: str) -> dict:
+def _network_data_format(template_meta: dict, config: dict, manifest: dict, label: str,
+                         network: torch.nn.Module) -> dict:
     dims = int(config["spatial_dims"])
-    # DynUNet: a multiple of its total stride, and twice it at least (instance norm needs more than one voxel at
-    # the bottleneck), so that MONAI's verify_net_in_out passes with its default n=1.
-    multiple = total_stride(config) if config.get("backbone") else 2 * total_stride(config)
+    # A multiple of the network's total stride, and twice it at least where the bottleneck normalises per instance
+    # (instance norm needs more than one voxel), so that MONAI's verify_net_in_out passes with its default n=1.
+    flexible = "FlexibleUNet" in type(network).__name__
+    multiple = total_stride(network) if flexible else 2 * total_stride(network)
     shape = [f"{multiple}*n"] * dims
     formats = json.loads(json.dumps(template_meta["network_data_format"]))
     image = formats["inputs"]["image"]
@@ -182,20 +199,115 @@ def _channels_text(manifest: dict) -> str:
     return "one grey channel" if channels == 1 else f"{channels} channels{named}, each normalised on its own"
 
 
+@dataclass
+class _Member:
+    """One run of the bundle: its record, manifest and spacing, and its network with the run's weights."""
+
+    run: Path
+    record: dict
+    manifest: dict
+    target_spacing: list | None
+    network: torch.nn.Module
+    definition: dict  # its network_def in the exported config
+
+    @property
+    def config(self) -> dict:
+        return self.record["config"]
+
+
+def _run_network(run: Path, config: dict, channels: int) -> tuple[torch.nn.Module, dict | None]:
+    """The network the run trained (its source architecture when it fine-tuned in one) and that architecture."""
+    if not config.get("source_network"):
+        return RunFolder(run).build_network(in_channels=channels), None
+    from medtransfer.transfer.source_network import resolve_source_network
+
+    try:
+        architecture = resolve_source_network(config["source_network"], config.get("source_checkpoint"))
+    except (NetworkSpecError, OSError, ValueError) as error:
+        raise ExportError(f"{run}/run.json source_network {config['source_network']!r}: {error}") from None
+    return build_network(int(config["spatial_dims"]), architecture=architecture, in_channels=channels), architecture
+
+
+def _member(run: Path, manifest: str | os.PathLike | None) -> _Member:
+    record = _read_run(run)
+    config = record["config"]
+    try:
+        target_spacing, content = run_target_spacing(config, manifest)
+    except BundleError as error:
+        raise ExportError(str(error)) from None
+    channels = input_channels(content)
+    try:
+        network, architecture = _run_network(run, config, channels)
+        load_weights(network, run / "model.pt")
+        definition = network_def(network, config, channels, architecture)
+    except (WeightsError, NetworkConfigError) as error:
+        raise ExportError(str(error)) from None
+    except StandaloneError as error:
+        raise ExportError(f"{run}: {error}") from None
+    return _Member(run, record, content, target_spacing, network.eval(), definition)
+
+
+def _ensemble_field(member: _Member, name: str):
+    return {
+        "spatial dimensions": int(member.config["spatial_dims"]),
+        "architecture family": member.definition["_target_"],
+        "input channels": input_channels(member.manifest),
+        "target spacing": [float(s) for s in member.target_spacing] if member.target_spacing else None,
+        "label meaning": (member.manifest.get("label_meaning") or {}).get("1", "foreground"),
+        "patch size": [int(s) for s in member.config["patch_size"]],
+    }[name]
+
+
+def check_members(members: Sequence[_Member]) -> None:
+    """Members whose probabilities can be averaged; else EnsembleMemberError naming the run and the field."""
+    first = members[0]
+    for member in members[1:]:
+        if member.run.resolve() == first.run.resolve():
+            raise EnsembleMemberError(f"{member.run}: given twice; an ensemble's members are different runs")
+        for name in ENSEMBLE_FIELDS:
+            mine, theirs = _ensemble_field(member, name), _ensemble_field(first, name)
+            if mine != theirs:
+                raise EnsembleMemberError(
+                    f"{member.run}: {name} {mine!r} differs from {theirs!r} of {first.run}; the members of an "
+                    f"ensemble must agree on {', '.join(ENSEMBLE_FIELDS)}"
+                )
+
+
+def _network_text(member: _Member) -> str:
+    config, definition = member.config, member.definition
+    name = definition["_target_"].rsplit(".", 1)[-1]
+    if config.get("backbone"):
+        return f"MONAI FlexibleUNet with a {config['backbone']} encoder"
+    if config.get("source_network"):
+        return f"MONAI {name} (the pretraining source's own architecture)"
+    return (f"MONAI DynUNet (nnU-Net topology), {len(config.get('filters') or [])} levels, filters "
+            f"{'-'.join(str(f) for f in config.get('filters') or [])}")
+
+
+def _member_summary(member: _Member) -> dict:
+    record = member.record
+    return {"run_folder": member.run.resolve().name, "run_config_hash": record.get("config_hash"),
+            "seed": member.config.get("seed"), "strategy": (record.get("transfer") or {}).get("strategy")
+            or member.config.get("strategy"), "best_val_dice": record.get("best_val_dice"),
+            "mean_test_dice": (record.get("metrics") or {}).get("mean_dice"),
+            "weights_sha256": sha256_of(member.run / "model.pt")}
+
+
 def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, target_spacing, version: str,
-              inferer: dict, provenance: dict) -> dict:
+              inferer: dict, provenance: dict, members: Sequence[_Member], network: torch.nn.Module) -> dict:
     config = record["config"]
     versions = record.get("versions") or {}
     dims = int(config["spatial_dims"])
     meaning = (manifest.get("label_meaning") or {}).get("1", "foreground")
     label = _short_label(meaning)
-    metrics = record.get("metrics") or {}
+    # an ensemble as a whole was never evaluated: its members' own test Dice is listed in the provenance
+    metrics = (record.get("metrics") or {}) if len(members) == 1 else {}
     data = record.get("data") or {}
-    network = (
-        f"MONAI FlexibleUNet with a {config['backbone']} encoder" if config.get("backbone")
-        else f"MONAI DynUNet (nnU-Net topology), {len(config.get('filters') or [])} levels, filters "
-             f"{'-'.join(str(f) for f in config.get('filters') or [])}"
-    )
+    texts = sorted({_network_text(member) for member in members})
+    network_text = texts[0] if len(members) == 1 else (
+        f"an ensemble of {len(members)} networks ({'; '.join(texts)}; seeds "
+        f"{', '.join(str(m.config.get('seed')) for m in members)}) whose softmax probabilities are averaged")
+    network_text = network_text[0].upper() + network_text[1:]
     required = {}  # what configs/inference.json needs with plain MONAI (monai and torch have their own keys)
     for package in REQUIRED_PACKAGES[2:]:
         found = versions.get(package) or _installed(package)
@@ -219,7 +331,7 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
                     f"{provenance['strategy']})",
             "task": f"Binary {dims}D segmentation of {label} in {manifest.get('modality', 'medical')} images",
             "description": (
-                f"{network}, trained with Dice+CE by medtransfer on {manifest.get('name')} "
+                f"{network_text}, trained with Dice+CE by medtransfer on {manifest.get('name')} "
                 f"(fraction {config.get('fraction')}, {data.get('n_training', '?')} training cases, seed "
                 f"{config.get('seed')}, transfer strategy {provenance['strategy']}). Input: {_channels_text(manifest)}, "
                 f"reoriented to RAS{' and resampled to ' + str(target_spacing) + ' mm' if target_spacing else ''}, "
@@ -237,7 +349,7 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
             "label_classes": f"0 background, 1 {meaning}",
             "pred_classes": f"channel 0 background, channel 1 {label} (argmax gives the binary mask)",
             "references": list(template_meta.get("references", [])) + citations,
-            "network_data_format": _network_data_format(template_meta, config, manifest, label),
+            "network_data_format": _network_data_format(template_meta, config, manifest, label, network),
             "eval_metrics": {
                 "mean_dice": metrics.get("mean_dice"),
                 "mean_hd95": metrics.get("mean_hd95"),
@@ -267,7 +379,8 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
             },
             "provenance": {
                 **provenance,
-                "network": network,
+                "network": network_text,
+                "ensemble": [_member_summary(m) for m in members] if len(members) > 1 else None,
                 "run_config_hash": record.get("config_hash"),
                 "run_folder": run.resolve().name,
                 "bundle": config.get("bundle"),
@@ -296,6 +409,17 @@ def _metadata(template_meta: dict, record: dict, run: Path, manifest: dict, targ
 
 def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _members_text(members: list | None) -> str:
+    if not members:
+        return ""
+    rows = "\n".join(
+        f"  - run `{m['run_folder']}` (seed {m['seed']}, strategy {m['strategy']}, test Dice "
+        f"{_fmt(m['mean_test_dice'])}, weights sha256 `{m['weights_sha256'][:16]}…`)" for m in members)
+    return (f"\n- Ensemble members (the mask is the argmax of their averaged softmax probabilities, as "
+            f"`medtransfer segment RUN_A RUN_B ...` computes it; the description below is the first member's; "
+            f"the ensemble itself has no test metrics of its own):\n{rows}")
 
 
 def model_card(meta: dict) -> str:
@@ -349,7 +473,7 @@ other scanners or populations.
 {citations}
 
 ## How it was trained
-- Network: {prov.get('network')}.
+- Network: {prov.get('network')}.{_members_text(prov.get('ensemble'))}
 - Transfer strategy: **{prov.get('strategy')}**. {pretrained}
 - Seed {prov.get('seed')}, {prov.get('epochs')} epochs (best validation Dice {_fmt(prov.get('best_val_dice'))} at epoch
   {prov.get('best_epoch')}), learning rate {prov.get('learning_rate')}, patches {prov.get('patch_size')}.
@@ -453,33 +577,44 @@ def _test_image(model: SegmentationModel, record: dict, manifest: dict, test_sca
     return torch.rand(1, 1, *shape, generator=generator), f"a seeded random volume {shape} (no test scan found)"
 
 
+def _scriptable(network: torch.nn.Module) -> torch.nn.Module:
+    """A copy TorchScript compiles: ResNet "A" shortcuts as modules (same tensors), an ensemble member by member."""
+    import copy
+
+    from medtransfer.inference.bundle_networks import replace_partial_shortcuts
+
+    if isinstance(network, ProbabilityEnsemble):
+        return ProbabilityEnsemble([_scriptable(member) for member in network.members]).eval()
+    return replace_partial_shortcuts(copy.deepcopy(network))
+
+
 def _torchscript(network: torch.nn.Module, roi_size: list[int], path: Path, meta: dict, inference_text: str) -> None:
     """models/model.ts with extra/metadata.json and extra/inference.json inside, as `monai.bundle ckpt_export`."""
     from monai.data import save_net_with_metadata
 
     try:
-        scripted = torch.jit.script(network)
-    except Exception as error:  # scripting fails on some modules; tracing covers fixed-topology U-Nets
-        logger.warning("torch.jit.script failed (%s); tracing instead", error)
+        scripted = torch.jit.script(_scriptable(network))
+    except Exception as error:  # SwinUNETR cannot be scripted; a fixed window size lets a trace stand in
+        logger.warning("torch.jit.script failed (%s); tracing at the window size %s instead", error, roi_size)
         scripted = torch.jit.trace(network, torch.rand(1, network_input_channels(network) or 1, *roi_size))
     extra = {"inference.json": json.dumps(json.loads(inference_text)).encode()}
     atomic_write(path, lambda stream: save_net_with_metadata(
         scripted, stream, include_config_vals=False, meta_values=meta, more_extra_files=extra))
 
 
-def _check_literal_network(spec, network: torch.nn.Module, run: Path) -> None:
+def _check_literal_network(spec, network: torch.nn.Module, weights: Path, where: str) -> None:
     """The config's literal network_def must be the run's network: same tensors (strict load), same logits."""
     literal = build_safe_network(spec)
     try:
-        load_weights(literal, run / "model.pt")
+        load_weights(literal, weights)
     except WeightsError as error:
-        raise ExportError(f"{run}: the exported network_def does not fit the run's weights: {error}") from None
+        raise ExportError(f"{where}: the exported network_def does not fit the run's weights: {error}") from None
     generator = torch.Generator().manual_seed(0)
     probe = torch.rand(1, spec.channels, *spec.roi_size, generator=generator)
     with torch.no_grad():
         same = torch.equal(literal.eval()(probe), network(probe))
     if not same:
-        raise ExportError(f"{run}: the exported network_def gives other logits than the run's network")
+        raise ExportError(f"{where}: the exported network_def gives other logits than the run's network")
 
 
 def require_onnx() -> None:
@@ -519,7 +654,7 @@ def _zip(folder: Path, archive: Path) -> Path:
 
 
 def export_bundle(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
     zip: bool = False,
     torchscript: bool = False,
@@ -529,8 +664,15 @@ def export_bundle(
     test_scan: str | os.PathLike | None = None,
     version: str = "0.1.0",
 ) -> Path:
-    """Export the finished run in ``run_dir`` as a bundle folder ``output`` (and ``output``.zip with ``zip``)."""
-    run, output = Path(run_dir), Path(output)
+    """Export the finished run in ``run_dir`` as a bundle folder ``output`` (and ``output``.zip with ``zip``).
+
+    ``run_dir`` may be several runs: an ensemble bundle (one network_def per member, probabilities averaged); the
+    members must agree on ``ENSEMBLE_FIELDS``, else EnsembleMemberError names the member and the field."""
+    runs = [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else [Path(r) for r in run_dir]
+    if not runs:
+        raise ExportError("export: give at least one run folder")
+    output = Path(output)
+    run = runs[0]
     archive = output.with_name(output.name + ".zip")
     for target in (output, archive) if zip else (output,):
         if target.exists() and not overwrite:
@@ -539,8 +681,10 @@ def export_bundle(
         raise ExportError(f"{output} exists and is not a bundle; refusing to replace it")
     if onnx:
         require_onnx()
-    record = _read_run(run)
-    config = record["config"]
+    members = [_member(member_run, manifest) for member_run in runs]
+    check_members(members)
+    first = members[0]
+    record, config, manifest_content, target_spacing = first.record, first.config, first.manifest, first.target_spacing
     dims = int(config["spatial_dims"])
     try:
         template = registry.bundle_dir(config.get("bundle") or f"binary_seg_{dims}d")
@@ -548,35 +692,26 @@ def export_bundle(
         template_meta = json.loads(registry.metadata_file(template).read_text())
     except registry.RegistryError as error:
         raise ExportError(f"{run}: the run's bundle template: {error}") from None
-    try:
-        target_spacing, manifest_content = run_target_spacing(config, manifest)
-    except BundleError as error:
-        raise ExportError(str(error)) from None
 
-    try:
-        network = RunFolder(run).build_network(in_channels=input_channels(manifest_content))
-        load_weights(network, run / "model.pt")
-    except (WeightsError, NetworkConfigError) as error:
-        raise ExportError(str(error)) from None
-    network.eval()
-
+    ensemble = len(members) > 1
+    network = ProbabilityEnsemble([m.network for m in members]).eval() if ensemble else first.network
+    definition = ensemble_def([m.definition for m in members]) if ensemble else first.definition
     template_spec = safe_spec(template, read_config_file(template_inference), template_inference)
+    learned = learned_postprocess(record)  # an ensemble uses its first member's, as segment does
     try:
         inference = inference_config(network, config, target_spacing, [int(s) for s in config["patch_size"]],
-                                     template_spec.sw_batch_size, template_spec.overlap,
-                                     postprocess=learned_postprocess(record),
-                                     channels=input_channels(manifest_content))
+                                     template_spec.sw_batch_size, template_spec.overlap, postprocess=learned,
+                                     channels=input_channels(manifest_content), definition=definition)
     except StandaloneError as error:
         raise ExportError(f"{run}: {error}") from None
     text = json.dumps(inference, indent=2) + "\n"
-    _check_no_machine_paths(text, run)
-    learned = learned_postprocess(record)
+    for member in members:
+        _check_no_machine_paths(text, member.run)
     spec = safe_spec(output, inference, output / INFERENCE_CONFIG,  # the export must load safely
                      {CLINICAL_KEY: {"postprocessing": learned}} if learned else None)
-    _check_literal_network(spec, network, run)
     inferer = {"roi_size": spec.roi_size, "sw_batch_size": spec.sw_batch_size, "overlap": spec.overlap}
     meta = _metadata(template_meta, record, run, manifest_content, target_spacing, version, inferer,
-                     _pretraining(run, record))
+                     _pretraining(run, record), members, first.network)
 
     staging = output.with_name(f".{output.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -586,7 +721,11 @@ def export_bundle(
         (staging / "docs").mkdir()
         (staging / INFERENCE_CONFIG).write_text(text)
         write_scripts(staging)
-        shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
+        if ensemble:  # one state dict: members.<i>.<tensor>, what the ensemble network_def loads strictly
+            save_torch(staging / WEIGHTS_PATH, {k: v.detach().clone() for k, v in network.state_dict().items()})
+        else:
+            shutil.copyfile(run / "model.pt", staging / WEIGHTS_PATH)
+        _check_literal_network(spec, network, staging / WEIGHTS_PATH, ", ".join(str(r) for r in runs))
         shutil.copyfile(template / registry.LICENSE, staging / registry.LICENSE)
         meta[CHECKSUM_KEY][WEIGHTS_PATH] = sha256_of(staging / WEIGHTS_PATH)
         meta[CLINICAL_KEY] = export_clinical(  # post-processing, DICOM-SEG codes, identity (model_info)
@@ -637,5 +776,5 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
     if zip:
         _zip(output, archive)
-    logger.info("exported %s -> %s", run, output)
+    logger.info("exported %s -> %s", ", ".join(str(r) for r in runs), output)
     return output

@@ -1,11 +1,14 @@
 """The inference config of an exported bundle that runs with plain MONAI, and the code it ships in ``scripts/``.
 
 ``configs/inference.json`` (the Model Zoo convention) names MONAI classes only, with literal arguments:
-``monai.networks.nets.DynUNet`` / ``FlexibleUNet``, MONAI's standard transforms, ``SlidingWindowInferer``,
+``monai.networks.nets.DynUNet`` (or a source architecture: ``UNet``, ``BasicUNet``, ``SegResNet``,
+``SwinUNETR``), MONAI's standard transforms, ``SlidingWindowInferer``,
 ``SupervisedEvaluator`` and ``CheckpointLoader`` (``torch.load(weights_only=True)``). What MONAI lacks ships as
 code in the bundle's own ``scripts/`` package, which ``monai.bundle run`` puts on ``sys.path``: the checking
 DICOM series reader (``scripts.scan_loader.LoadScand``), the per-case image check (``scripts.checks``), the
-input listing (``scripts.inputs``) and the weights checksum check (``scripts.integrity``). These are copies of
+input listing (``scripts.inputs``), the weights checksum check (``scripts.integrity``) and, where MONAI's classes
+cannot say it, the network (``scripts.networks``: the ResNet-encoder U-Net as a FlexibleUNet that TorchScript
+compiles; an ensemble and its sliding-window inferer). These are copies of
 medtransfer's own modules, written at export, so a bundle and medtransfer read scans the same way.
 
 medtransfer's safe loader reads such a config as data: it recognises the preprocessing and postprocessing
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,11 +30,18 @@ from monai.networks.nets import DynUNet, FlexibleUNet
 
 import medtransfer
 from medtransfer.networks import build_resnet_unet
+from medtransfer.networks.builder import network_arguments
 
 _BUILDER_DEFAULTS = {name: p.default for name, p in inspect.signature(build_resnet_unet).parameters.items()}
 COMPOSE = "monai.transforms.Compose"
 DYNUNET = "monai.networks.nets.DynUNet"
-FLEXIBLE_UNET = "monai.networks.nets.FlexibleUNet"
+FLEXIBLE_UNET = "monai.networks.nets.FlexibleUNet"  # bundles exported before scripts.networks
+SCRIPTABLE_FLEXIBLE_UNET = "scripts.networks.ScriptableFlexibleUNet"
+ENSEMBLE = "scripts.networks.ProbabilityEnsemble"
+SLIDING_WINDOW = "monai.inferers.SlidingWindowInferer"
+ENSEMBLE_SLIDING_WINDOW = "scripts.networks.EnsembleSlidingWindowInferer"
+# the source architectures a run can fine-tune in (medtransfer.networks.builder.ALLOWED_NETWORKS), as MONAI names them
+SOURCE_ARCHITECTURES = ("UNet", "BasicUNet", "SegResNet", "SwinUNETR", "DynUNet")
 INTENSITY_PERCENTILES = {"lower": 0.5, "upper": 99.5, "b_min": 0.0, "b_max": 1.0, "clip": True}
 REQUIRED_PACKAGES = ("monai", "torch", "pytorch-ignite", "nibabel", "pillow", "pydicom", "SimpleITK")
 
@@ -51,6 +62,8 @@ SCRIPTS: dict[str, tuple[str, dict[str, str]]] = {
     "scripts/integrity.py": ("medtransfer.inference.bundle_integrity", {}),
     # the learned post-processing (needs scipy: listed in the metadata's required packages when used)
     "scripts/postprocess.py": ("medtransfer.inference.postprocess", {}),
+    # networks MONAI's classes cannot state with literal arguments (scriptable ResNet U-Net, ensembles)
+    "scripts/networks.py": ("medtransfer.inference.bundle_networks", {}),
 }
 POSTPROCESS_STEP = "scripts.postprocess.PostprocessMaskd"
 MASK_STEP = "scripts.scan_loader.SingleChannelMaskd"
@@ -70,10 +83,15 @@ def _plain(value):
     return value
 
 
-def network_def(network: torch.nn.Module, config: dict, channels: int = 1) -> dict:
-    """The run's network as a MONAI class with literal arguments (read off the built DynUNet itself).
+def network_def(network: torch.nn.Module, config: dict, channels: int = 1,
+                architecture: Mapping | None = None) -> dict:
+    """The run's network as a class with literal arguments (read off the built DynUNet itself).
 
-    ``channels``: the input channels of a FlexibleUNet (a DynUNet states its own)."""
+    ``channels``: the input channels of a FlexibleUNet or a source architecture (a DynUNet states its own).
+    ``architecture``: the run's checked source architecture (``source_network``), when it fine-tuned in one."""
+    if architecture is not None:  # the MONAI class and arguments medtransfer.networks.build_network used
+        name, arguments = network_arguments(int(config["spatial_dims"]), architecture, int(channels), 2)
+        return {"_target_": f"monai.networks.nets.{name}", **_plain(arguments)}
     if isinstance(network, DynUNet):
         return {
             "_target_": DYNUNET,
@@ -94,7 +112,7 @@ def network_def(network: torch.nn.Module, config: dict, channels: int = 1) -> di
         }
     if isinstance(network, FlexibleUNet):  # built by medtransfer.networks.build_resnet_unet
         arguments = {
-            "_target_": FLEXIBLE_UNET,
+            "_target_": SCRIPTABLE_FLEXIBLE_UNET,  # FlexibleUNet itself cannot be scripted (Model Zoo ckpt_export)
             "in_channels": int(channels),
             "out_channels": 2,
             "backbone": str(config["backbone"]),
@@ -106,6 +124,11 @@ def network_def(network: torch.nn.Module, config: dict, channels: int = 1) -> di
         arguments["decoder_channels"] = [int(c) for c in decoder]
         return arguments
     raise StandaloneError(f"no MONAI class with literal arguments describes a {type(network).__name__}")
+
+
+def ensemble_def(members: Sequence[dict]) -> dict:
+    """An ensemble's network_def: every member's own network_def, their softmax probabilities averaged."""
+    return {"_target_": ENSEMBLE, "members": [dict(member) for member in members]}
 
 
 def preprocessing_def(spatial_dims: int, target_spacing, channels: int = 1) -> dict:
@@ -166,12 +189,16 @@ def spacing_in(preprocessing) -> list | None:
     return None
 
 
-def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi_size, sw_batch_size: int = 4,
-                     overlap: float = 0.25, postprocess: dict | None = None, channels: int = 1) -> dict:
+def inference_config(network: torch.nn.Module | None, config: dict, target_spacing, roi_size, sw_batch_size: int = 4,
+                     overlap: float = 0.25, postprocess: dict | None = None, channels: int = 1,
+                     definition: dict | None = None) -> dict:
     """The whole configs/inference.json: MONAI wiring, the run's settings as literal arguments.
 
-    ``channels``: the training manifest's input channels (grey 1, RGB 3, MRI sequences)."""
+    ``channels``: the training manifest's input channels (grey 1, RGB 3, MRI sequences). ``definition``: the
+    network_def when it is not read off ``network`` (a source architecture, an ensemble)."""
     dims = int(config["spatial_dims"])
+    definition = definition if definition is not None else network_def(network, config, channels)
+    ensemble = definition.get("_target_") == ENSEMBLE
     return {
         "bundle_root": ".",
         "dataset_dir": "$@bundle_root + '/sample_data'",
@@ -180,7 +207,7 @@ def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi
         "output_ext": ".nii.gz",
         "checkpoint": "$@bundle_root + '/models/model.pt'",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "network_def": network_def(network, config, channels),
+        "network_def": definition,
         "network": "$@network_def.to(@device)",
         "preprocessing": preprocessing_def(dims, target_spacing, channels),
         "dataset": {
@@ -190,7 +217,8 @@ def inference_config(network: torch.nn.Module, config: dict, target_spacing, roi
         },
         "dataloader": {"_target_": "monai.data.DataLoader", "dataset": "@dataset", "batch_size": 1,
                        "shuffle": False, "num_workers": 0},
-        "inferer": {"_target_": "monai.inferers.SlidingWindowInferer", "roi_size": [int(s) for s in roi_size],
+        "inferer": {"_target_": ENSEMBLE_SLIDING_WINDOW if ensemble else SLIDING_WINDOW,
+                    "roi_size": [int(s) for s in roi_size],
                     "sw_batch_size": int(sw_batch_size), "overlap": float(overlap)},
         "postprocessing": postprocessing_def(postprocess, channels),
         "handlers": [{"_target_": "monai.handlers.StatsHandler", "iteration_log": False}],
@@ -252,8 +280,12 @@ def sample_configs() -> list[dict]:
                                             postprocess=postprocess))
     colour = inference_config(build_dynunet(2, in_channels=3, filters=[4, 8, 16]), {"spatial_dims": 2}, None, [8, 8],
                               channels=3)
-    resnet = {**configs[0], "network_def": {**configs[0]["network_def"], "_target_": FLEXIBLE_UNET}}
-    return configs + [colour, resnet]
+    old_resnet = {**configs[0], "network_def": {**configs[0]["network_def"], "_target_": FLEXIBLE_UNET}}
+    resnet = {**configs[0], "network_def": {**configs[0]["network_def"], "_target_": SCRIPTABLE_FLEXIBLE_UNET}}
+    sources = [{**configs[0], "network_def": {"_target_": f"monai.networks.nets.{name}"}} for name in SOURCE_ARCHITECTURES]
+    ensemble = inference_config(None, {"spatial_dims": 2}, [1.0, 1.0], [8, 8],
+                                definition=ensemble_def([configs[0]["network_def"]] * 2))
+    return configs + [colour, old_resnet, resnet, *sources, ensemble]
 
 
 def write_scripts(bundle: Path) -> list[str]:

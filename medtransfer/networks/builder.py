@@ -147,19 +147,26 @@ def build_network(
     if architecture is None:
         return build_dynunet(spatial_dims, in_channels=in_channels, out_channels=out_channels, filters=filters,
                              init_seed=init_seed)
+    name, arguments = network_arguments(spatial_dims, architecture, in_channels, out_channels)
+    with _seeded(init_seed):
+        return ALLOWED_NETWORKS[name][0](**arguments)
+
+
+def network_arguments(spatial_dims: int, architecture: Mapping, in_channels: int = 1,
+                      out_channels: int = 2) -> tuple[str, dict]:
+    """The MONAI class name and the literal keyword arguments `build_network` builds `architecture` with
+    (an exported bundle's ``network_def`` states the same)."""
     spec = check_architecture(architecture)
     if spec.get("spatial_dims", spatial_dims) != spatial_dims:
         raise NetworkSpecError(
             f"source_network is {spec['spatial_dims']}D but this bundle trains a {spatial_dims}D network; use the "
             f"{spec['spatial_dims']}D bundle"
         )
-    cls, _ = ALLOWED_NETWORKS[spec["name"]]
     arguments = {k: v for k, v in spec.items() if k not in {"name", "out_channels", "spatial_dims", *_IGNORED}}
     arguments.setdefault("in_channels", in_channels)
     if spec["name"] == "DynUNet":
         arguments.setdefault("kernel_size", [3] * len(arguments.get("strides", [])))
-    with _seeded(init_seed):
-        return cls(spatial_dims=spatial_dims, out_channels=out_channels, **arguments)
+    return spec["name"], {"spatial_dims": spatial_dims, "out_channels": out_channels, **arguments}
 
 
 def architecture_from_bundle(path: str | Path) -> dict:

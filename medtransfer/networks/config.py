@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from monai.networks.nets import DynUNet, FlexibleUNet
+from monai.networks.nets import BasicUNet, DynUNet, FlexibleUNet, SegResNet, SwinUNETR, UNet
 from torch import nn
 
 from medtransfer.networks.unets import build_dynunet, build_resnet_unet
@@ -53,6 +53,8 @@ def total_stride(network: nn.Module | Mapping | Sequence[int]) -> int:
         return stride
     if isinstance(network, FlexibleUNet):
         return RESNET_UNET_STRIDE
+    if isinstance(network, (UNet, BasicUNet, SegResNet, SwinUNETR)):
+        return _monai_stride(network)
     if isinstance(network, Mapping):
         if network.get("backbone"):
             return RESNET_UNET_STRIDE
@@ -62,6 +64,21 @@ def total_stride(network: nn.Module | Mapping | Sequence[int]) -> int:
     if isinstance(network, Sequence) and not isinstance(network, str):
         return 2 ** (len(network) - 1)
     raise TypeError(f"total_stride: cannot tell the stride of a {type(network).__name__}")
+
+
+def _monai_stride(network: nn.Module) -> int:
+    """A source architecture's downsampling: UNet its strides, BasicUNet four pools, SegResNet a stride 2 per
+    down stage after the first, SwinUNETR its patch embedding (2) and four stride-2 merges."""
+    if isinstance(network, UNet):
+        stride = 1
+        for step in network.strides:
+            stride *= int(step if isinstance(step, int) else max(step))
+        return stride
+    if isinstance(network, BasicUNet):
+        return 16
+    if isinstance(network, SegResNet):
+        return 2 ** (len(network.blocks_down) - 1)
+    return 32  # SwinUNETR: MONAI requires every side divisible by 2**5
 
 
 def network_input_channels(model: nn.Module) -> int | None:

@@ -42,22 +42,38 @@ def make_run(
     folder: Path, test_data: Path, strategy: str = "encoder", status: str = "finished",
     source_checkpoint: str = "/somewhere/pretrain/contrastive_epoch10.pt", task: str = "segmentation",
     spatial_dims: int = 3, in_channels: int = 1, manifest: str | None = None, data_root: Path | None = None,
+    init_seed: int = 0, backbone: str | None = None, source_network=None, patch_size: list[int] | None = None,
 ) -> Path:
     """A finished run shaped like train.yaml + RunRecord leave it: 3D on msd_hippocampus, 2D on hc18_fetal_head
-    (or on ``manifest`` under ``data_root``, with a network of ``in_channels``)."""
+    (or on ``manifest`` under ``data_root``, with a network of ``in_channels``). The network: a tiny DynUNet
+    (initialised with ``init_seed``), a ResNet-encoder U-Net (``backbone``), or a source architecture
+    (``source_network``: a mapping, or ``auto`` with ``source_checkpoint`` naming a MONAI UNet's weights)."""
+    from medtransfer.networks import build_resnet_unet
+    from medtransfer.transfer.source_network import build_run_network
+
     folder.mkdir(parents=True, exist_ok=True)
-    network = build_dynunet(spatial_dims, in_channels=in_channels, filters=TINY_FILTERS, init_seed=0)
+    if backbone:
+        network = build_resnet_unet(spatial_dims, in_channels=in_channels, backbone=backbone, init_seed=init_seed)
+    elif source_network:
+        network = build_run_network(spatial_dims, init_seed=init_seed, source_network=source_network,
+                                    source_checkpoint=source_checkpoint, in_channels=in_channels)
+    else:
+        network = build_dynunet(spatial_dims, in_channels=in_channels, filters=TINY_FILTERS, init_seed=init_seed)
     save_torch(folder / "model.pt", {k: v.detach().clone() for k, v in network.state_dict().items()})
     manifest = manifest or ("msd_hippocampus" if spatial_dims == 3 else "hc18_fetal_head")
     run_params = {
         "bundle": f"binary_seg_{spatial_dims}d", "task": task, "data_manifest": manifest,
         "data_root": str(data_root or test_data / manifest), "fraction": 0.1, "seed": 3, "max_epochs": 2,
         "iterations_per_epoch": 2, "batch_size": 1, "num_samples": 1, "learning_rate": 0.003,
-        "patch_size": TINY_PATCH if spatial_dims == 3 else TINY_PATCH_2D, "filters": TINY_FILTERS,
+        "patch_size": patch_size or (TINY_PATCH if spatial_dims == 3 else TINY_PATCH_2D), "filters": TINY_FILTERS,
         "spatial_dims": spatial_dims, "strategy": strategy,
         "source_checkpoint": source_checkpoint if strategy != "scratch" else None,
         "unfreeze_epoch": None, "transferred_lr_scale": 1.0,
     }
+    if backbone:
+        run_params["backbone"] = backbone
+    if source_network:
+        run_params["source_network"] = source_network
     run = RunDirectory(folder, run_params).prepare()
     run.write_record({
         "status": status,

@@ -217,7 +217,7 @@ def _scans(spatial_dims: int, test_data: Path, folder: Path) -> Path:
         shutil.copytree(test_data / MR / "dicom" / "HippoCrop_artificial", scans / "HippoCrop_artificial")  # a series
         shutil.copy(test_data / "msd_hippocampus" / "images" / "hippocampus_001.nii.gz", scans)
     else:
-        scans.mkdir()
+        scans.mkdir(parents=True)
         for name in ("008_HC.png", "016_HC.png"):
             shutil.copy(test_data / "hc18_fetal_head" / "images" / name, scans)
     return scans
@@ -234,29 +234,38 @@ def _plain_monai_run(work: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_exported_bundle_runs_with_plain_monai_and_gives_segment_s_mask(spatial_dims, exported, exported_2d,
-                                                                         test_data, tmp_path):
-    """`python -m monai.bundle run` where medtransfer cannot be imported == `medtransfer segment`, voxel for voxel."""
+def plain_monai_equals_segment(bundle: Path, scans: Path, work: Path, models=None) -> int:
+    """`python -m monai.bundle run` of ``bundle`` where medtransfer cannot be imported == `medtransfer segment` (of
+    ``models``, default the bundle) on ``scans``, voxel for voxel; returns the masks' foreground voxels."""
     from medtransfer.inference.segment import segment
 
-    bundle = exported[1] if spatial_dims == 3 else exported_2d
-    work = tmp_path / "collaborator"
     shutil.copytree(bundle, work / "bundle")
-    scans = _scans(spatial_dims, test_data, work)
+    if scans != work / "scans":
+        shutil.copytree(scans, work / "scans")
     _plain_monai_run(work)
     # plain MONAI runs the exported inference.json in fp32 (its evaluator autocasts only on CUDA): compare alike
-    segment(bundle, scans, tmp_path / "segmented", progress=False, precision="fp32")
+    segment(models or bundle, work / "scans", work / "segmented", progress=False, precision="fp32")
     names = sorted(p.name for p in (work / "masks").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "segmented").glob("*_seg.nii.gz"))
-    assert len(names) == 2
+    assert names == sorted(p.name for p in (work / "segmented").glob("*_seg.nii.gz")) and names
     foreground = 0
     for name in names:
-        plain, ours = nib.load(work / "masks" / name), nib.load(tmp_path / "segmented" / name)
+        plain, ours = nib.load(work / "masks" / name), nib.load(work / "segmented" / name)
         assert plain.get_data_dtype() == ours.get_data_dtype() == np.uint8
         assert np.array_equal(np.asarray(plain.dataobj), np.asarray(ours.dataobj)), name
         assert np.allclose(plain.affine, ours.affine, atol=1e-5)
         foreground += int(np.asarray(ours.dataobj).sum())
+    return foreground
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_exported_bundle_runs_with_plain_monai_and_gives_segment_s_mask(spatial_dims, exported, exported_2d,
+                                                                         test_data, tmp_path):
+    """`python -m monai.bundle run` where medtransfer cannot be imported == `medtransfer segment`, voxel for voxel."""
+    bundle = exported[1] if spatial_dims == 3 else exported_2d
+    work = tmp_path / "collaborator"
+    scans = _scans(spatial_dims, test_data, work)
+    assert len(list(scans.iterdir())) == 2
+    foreground = plain_monai_equals_segment(bundle, scans, work)
     assert foreground > 0  # the untrained network marks something, so equal masks are not two empty ones
 
 

@@ -613,7 +613,8 @@ def report(result: dict) -> str:
     our_plan = result.get("our_plan") or (ours[0]["plan"] if ours else {})
     rows = [
         ("patch", _fmt(nn["patch_size"]), _fmt(our_plan.get("patch_size"))),
-        ("spacing", _fmt(nn["spacing"]), _fmt(our_plan.get("target_spacing", our_plan.get("spacing")))),
+        ("spacing", _fmt(nn["spacing"]), _fmt(our_plan.get("target_spacing", our_plan.get("spacing")))
+         if our_plan.get("target_spacing", our_plan.get("spacing")) or not our_plan else "native"),
         ("batch", _fmt(nn["batch_size"]), _fmt(our_plan.get("batch_size"))),
         ("network", f"{nn['network']}, {nn['n_stages']} stages",
          "DynUNet" + (f", {our_plan['pools'] + 1} stages" if isinstance(our_plan.get("pools"), int) else "")),
@@ -639,6 +640,8 @@ def report(result: dict) -> str:
         f"nnU-Net's default schedule (1000 epochs × 250 + 50 iterations) at that rate: "
         f"{_duration(rates['projected_default_schedule_seconds'])} "
         f"({_duration(rates['projected_default_epoch_seconds'])} per epoch)",
+        *(["PNG axes: nnU-Net reads (height, width), medtransfer (MONAI's PILReader) (width, height)"]
+          if result.get("file_ending") == ".png" else []),
         f"other stages: preprocessing {_duration(result['seconds'].get('preprocess'))}, "
         f"prediction {_duration(result['seconds'].get('predict'))}; load average at the end {result['load_average']}",
     ]
@@ -648,6 +651,18 @@ def report(result: dict) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------------------------------------------
+class StageSeconds(dict):
+    """Wall seconds per stage, kept in the work folder so that a resumed benchmark still reports them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(json.loads(path.read_text()) if path.is_file() else {})
+        self.path = path
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        save_json(self.path, dict(self))
+
+
 def _check_workdir(workdir: Path, state: dict, overwrite: bool) -> None:
     path = workdir / STATE_NAME
     if path.is_file():
@@ -695,15 +710,19 @@ def main(argv: list[str] | None = None) -> dict:
              "configuration": args.configuration, "minutes": args.minutes, "iterations": args.iterations,
              "val_iterations": args.val_iterations, "dataset_id": args.dataset_id, "tta": args.tta,
              "nnunetv2": NNUNET_VERSION}
+    # ours first: a wrong --ours run or plan fails before nnU-Net spends its budget
+    ours = [our_run(folder, manifest) for folder in args.ours]
+    plan_ours, plan_source = our_plan(manifest, args.ours_plan, args.minutes)
     _check_workdir(workdir, state, args.overwrite)
-    logs, seconds = workdir / "logs", {}
+    logs, seconds = workdir / "logs", StageSeconds(workdir / "stage_seconds.json")
     name = dataset_folder_name(args.dataset_id, manifest)
     raw, preprocessed = workdir / "nnUNet_raw" / name, workdir / "nnUNet_preprocessed" / name
 
     print(f"[1/5] raw data set {raw}", flush=True)
     start = time.perf_counter()
     content = write_raw_dataset(manifest, raw)
-    seconds["export"] = time.perf_counter() - start
+    if "export" not in seconds:
+        seconds["export"] = time.perf_counter() - start
     ending = content["file_ending"]
 
     print(f"[2/5] nnU-Net venv {args.venv}", flush=True)
@@ -741,18 +760,17 @@ def main(argv: list[str] | None = None) -> dict:
                                   "nnUNetv2_predict", env)
     cases = score_predictions(manifest, raw, predictions, ending)
 
-    ours = [our_run(folder, manifest) for folder in args.ours]
-    plan_ours, plan_source = our_plan(manifest, args.ours_plan, args.minutes)
     result = {
         "manifest": manifest.name,
         "workdir": str(workdir),
+        "file_ending": ending,
         "nnunet": {"version": version, "trainer": TRAINER, "plan": plan, "timing": timing,
                    "projection": projection(timing), "per_case": cases, "dice": [c["dice"] for c in cases],
                    "mean_dice": float(np.mean([c["dice"] for c in cases]))},
         "ours": ours,
         "our_plan": plan_ours,
         "our_plan_source": plan_source,
-        "seconds": seconds,
+        "seconds": dict(seconds),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "cpu_count": os.cpu_count(),
     }

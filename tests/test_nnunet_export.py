@@ -159,7 +159,7 @@ def test_report_puts_both_plans_and_both_dice_side_by_side(tmp_path):
     plan_file.write_text(json.dumps({"plan": {"patch_size": [128, 128], "filters": [32, 64, 128, 256, 512], "pools": 4,
                                               "batch_size": 4, "max_epochs": 40, "iterations_per_epoch": 25}}))
     plan = json.loads(plan_file.read_text())["plan"]
-    result = {"manifest": "tiny", "seconds": {"predict": 90.0}, "load_average": [3.1, 2.0, 1.5], "our_plan": plan,
+    result = {"manifest": "tiny", "file_ending": ".png", "seconds": {"predict": 90.0}, "load_average": [3.1, 2.0, 1.5], "our_plan": plan,
               "our_plan_source": str(plan_file),
               "nnunet": {"version": "2.8.1", "timing": timing, "projection": side.projection(timing),
                          "dice": [0.5, 0.7],
@@ -177,3 +177,4 @@ def test_report_puts_both_plans_and_both_dice_side_by_side(tmp_path):
     assert "10.0 min" in lines["training wall time"] and lines["training wall time"].endswith("20.0 min")
     # 1000 × (250 × 9 s + 50 × 2 s) = 2 350 000 s = 27.2 days
     assert "9.00 s per training iteration" in text and "27.2 d (39.2 min per epoch)" in text
+    assert "PNG axes: nnU-Net reads (height, width)" in text and "prediction 1.5 min" in text

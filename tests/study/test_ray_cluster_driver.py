@@ -15,7 +15,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from medtransfer.study.cluster import ClusterError, RunResources, SharedStorageError, read_attempts
+from medtransfer.study.cluster import ClusterError, RunResources, SharedStorageError, read_attempts, wait_for_folder
 from medtransfer.study.executors import RayExecutor
 from medtransfer.study.runner import run_study
 from tests.study.conftest import tiny_study, write_study
@@ -85,6 +85,8 @@ def test_a_killed_driver_reattaches_and_trains_no_run_twice(cluster, tmp_path, m
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     runs = sorted((study_dir / "runs").iterdir())
+    for folder in runs:  # Ray stops the dead driver's runs; wait until none holds its folder any more
+        wait_for_folder(folder, 30)
     finished_before = {p.name for p in runs if (p / "completions.txt").is_file()}
     started_before = {p.name for p in runs if read_attempts(p)}
     assert finished_before and started_before - finished_before  # killed with runs in flight

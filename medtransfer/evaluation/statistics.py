@@ -153,14 +153,8 @@ def cell_summary(observations: dict[tuple, float], level: float = LEVEL) -> dict
     return out
 
 
-def paired_over_seeds(arm: dict[tuple, float], baseline: dict[tuple, float], level: float = LEVEL) -> dict[str, Any]:
-    """`arm` − `baseline` ({(unit, seed): Dice} each): the paired t-test over seeds (see the module docstring).
-
-    Returns estimate (mean per-seed difference), ci_low/ci_high, p (None where no valid test exists), n_seeds,
-    n_units (units compared, summed over seeds), per_seed {seed: difference} and method (what was done, or why
-    no test)."""
-    from scipy import stats
-
+def per_seed_differences(arm: dict[tuple, float], baseline: dict[tuple, float]) -> tuple[dict[Any, float], int]:
+    """({seed: mean of arm − baseline over the units both have at that seed}, units compared summed over seeds)."""
     per_seed: dict[Any, float] = {}
     n_units = 0
     for seed in _seed_order({s for _, s in arm} & {s for _, s in baseline}):
@@ -169,6 +163,18 @@ def paired_over_seeds(arm: dict[tuple, float], baseline: dict[tuple, float], lev
         if shared:
             per_seed[seed] = float(np.mean([arm[(u, seed)] - baseline[(u, seed)] for u in shared]))
             n_units += len(shared)
+    return per_seed, n_units
+
+
+def paired_over_seeds(arm: dict[tuple, float], baseline: dict[tuple, float], level: float = LEVEL) -> dict[str, Any]:
+    """`arm` − `baseline` ({(unit, seed): Dice} each): the paired t-test over seeds (see the module docstring).
+
+    Returns estimate (mean per-seed difference), ci_low/ci_high, p (None where no valid test exists), n_seeds,
+    n_units (units compared, summed over seeds), per_seed {seed: difference} and method (what was done, or why
+    no test)."""
+    from scipy import stats
+
+    per_seed, n_units = per_seed_differences(arm, baseline)
     diffs = np.asarray(list(per_seed.values()), dtype=float)
     out: dict[str, Any] = {"estimate": float(diffs.mean()) if diffs.size else None, "ci_low": None, "ci_high": None,
                            "p": None, "n_seeds": int(diffs.size), "n_units": n_units, "per_seed": per_seed}
@@ -184,6 +190,26 @@ def paired_over_seeds(arm: dict[tuple, float], baseline: dict[tuple, float], lev
         interval = result.confidence_interval(level)
         out.update(ci_low=float(interval.low), ci_high=float(interval.high), p=float(result.pvalue),
                    method=f"{METHOD} ({diffs.size} seeds)")
+    return out
+
+
+def equivalence_over_seeds(arm: dict[tuple, float], baseline: dict[tuple, float], margin: float,
+                           alpha: float = 0.05) -> dict[str, Any]:
+    """TOST of `arm` − `baseline` within ±`margin` over the same per-seed differences as `paired_over_seeds`:
+    two one-sided t-tests at level `alpha` (statsmodels `ttost_paired`), p = the larger of the two; equivalent
+    at `alpha` ⇔ the 1 − 2·alpha t-interval (ci_low, ci_high here) lies inside ±margin.
+
+    Returns estimate, ci_low/ci_high (1 − 2·alpha), p (None where no valid test exists), n_seeds, n_units,
+    per_seed, margin and method."""
+    from statsmodels.stats.weightstats import ttost_paired
+
+    out = paired_over_seeds(arm, baseline, level=1 - 2 * alpha)
+    out["margin"] = margin
+    if out["p"] is None:
+        return out
+    diffs = np.asarray(list(out["per_seed"].values()), dtype=float)
+    p, _, _ = ttost_paired(diffs, np.zeros_like(diffs), -margin, margin)
+    out.update(p=float(p), method=f"TOST within ±{margin:g} over seeds ({diffs.size} seeds)")
     return out
 
 

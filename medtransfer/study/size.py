@@ -9,6 +9,9 @@ Seconds per run come from, in this order: the runs of this study already finishe
 run.json `wall_time_seconds`), and the runs this machine has finished before, kept per bundle and kind in
 ``MEDTRANSFER_HOME/run_seconds.json`` (written after every `study run`). With neither, the time is "unknown"
 and only the run count is held against its threshold.
+
+With a `power` block in the study file (spec.py), both also print one warning line per comparison whose power
+with the study's seeds is below POWER_WARNING (`power_lines`); the study still runs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ HOURS_ENV = "MEDTRANSFER_CONFIRM_HOURS"
 DEFAULT_RUNS = 500
 DEFAULT_HOURS = 24.0
 TIMINGS_NAME = "run_seconds.json"
+POWER_WARNING = 0.5  # a comparison below this power gets a warning line before training
 
 
 @dataclass
@@ -152,6 +156,48 @@ def size_lines(size: StudySize) -> list[str]:
     return lines
 
 
+def planned_comparisons(spec: StudySpec) -> list[tuple[str, str, bool]]:
+    """(arm, reference, is an equivalence claim) per comparison the report makes: each strategy of the grid vs
+    scratch (when scratch is in it), then the study file's `comparisons`. Power depends on the seeds and the sd
+    only, so one comparison stands for every source × fraction it is made at."""
+    equivalence = set((spec.power or {}).get("equivalence") or [])
+    baseline = "scratch"
+    pairs = [(s, baseline) for s in spec.strategies if s != baseline] if baseline in spec.strategies else []
+    pairs += [pair for pair in spec.comparisons if pair not in pairs]
+    return [(arm, reference, arm.rpartition("/")[2] in equivalence and reference.rpartition("/")[2] == baseline)
+            for arm, reference in pairs]
+
+
+def power_lines(spec: StudySpec, threshold: float = POWER_WARNING) -> list[str]:
+    """One warning line per comparison whose power with the study's seeds is below `threshold` (per comparison
+    at the block's alpha, before Holm); [] without a `power` block."""
+    from medtransfer.evaluation.power import (difference_power, sd_diff_from_run_sd, seeds_for_difference,
+                                              seeds_for_equivalence, tost_power)
+
+    power = spec.power or {}
+    if not power:
+        return []
+    n, alpha = len(spec.seeds), power["alpha"]
+    sd = sd_diff_from_run_sd(power["run_sd"])
+    lines = []
+    for arm, reference, equivalent in planned_comparisons(spec):
+        if equivalent:
+            value = tost_power(n, sd, power["equivalence_margin"], 0.0, alpha)
+            needed = seeds_for_equivalence(sd, power["equivalence_margin"], 0.0, alpha)
+            what = f"{arm} ≈ {reference} (TOST within ±{power['equivalence_margin']:g} Dice)"
+        elif "effect" in power:
+            value = difference_power(n, sd, power["effect"], alpha)
+            needed = seeds_for_difference(sd, power["effect"], alpha)
+            what = f"{arm} vs {reference} (a difference of {power['effect']:g} Dice)"
+        else:
+            continue
+        if value < threshold:
+            lines.append(f"warning: power {value:.2f} for {what} with {n} seed{'s' if n != 1 else ''} (run sd "
+                         f"{power['run_sd']:g}, alpha {alpha:g}); power 0.8 needs "
+                         + (f"{needed} seeds" if needed else "more seeds than can be planned"))
+    return lines
+
+
 def thresholds() -> tuple[int, float]:
     try:
         runs = int(os.environ.get(RUNS_ENV, DEFAULT_RUNS))
@@ -211,8 +257,8 @@ def record_timings(spec: StudySpec, study_dir: str | Path) -> dict[str, dict]:
 
 def state_size(spec: StudySpec, study_dir: str | Path | None, workers: int | None, yes: bool,
                stream=None, ask=None, stdin=None) -> StudySize:
-    """Print the size table of `spec`, then `confirm` it (see the module text)."""
+    """Print the size table of `spec` and its power warnings, then `confirm` it (see the module text)."""
     size = study_size(spec, study_dir, workers)
-    print("\n".join(size_lines(size)), file=stream or sys.stdout, flush=True)
+    print("\n".join(size_lines(size) + power_lines(spec)), file=stream or sys.stdout, flush=True)
     confirm(size, yes, ask=ask, stdin=stdin)
     return size

@@ -33,6 +33,14 @@ A study file is YAML::
     resources:                      # optional, Ray executor only (not part of the content hash): what one run asks
       pretraining: {cpus: 4, gpus: 1}   # of a node; --cpus-per-run / --gpus-per-run override it for every run
       finetune: {cpus: 2, gpus: 1}
+    power:                          # optional (not part of the content hash): the design the seeds were sized for
+      run_sd: 0.015                 # seed-to-seed sd of one arm's mean Dice, measured at convergence
+      effect: 0.03                  # the difference each comparison should detect (paired t over seeds)
+      equivalence_margin: 0.03      # ± margin of the equivalence comparisons (TOST) ...
+      equivalence: [decoder]        # ... of these arms with their reference (default: decoder, when in the grid)
+      alpha: 0.05
+    `study plan` and `study run` print one warning line per comparison (each strategy vs scratch, each pair of
+    `comparisons`) whose power with the study's seeds is below 0.5 (medtransfer.study.size.power_lines).
 
 A `pretraining` entry may instead name a checkpoint file that is not trained by the study (public weights, a
 run of another study): ``{name: mouse_sc, checkpoint: ../shared/checkpoints/x/model.pt, source_network: auto,
@@ -66,7 +74,9 @@ from medtransfer import registry
 from medtransfer.planning.plan import static_value
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
-            "finetune", "analysis", "comparisons", "resources"}
+            "finetune", "analysis", "comparisons", "resources", "power"}
+POWER_KEYS = {"run_sd", "effect", "equivalence_margin", "equivalence", "alpha"}
+NOT_HASHED = ("resources", "power")  # where runs execute and what the seeds were sized for: not what runs compute
 ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
 STAGE_KEYS = {"objective", "name", "data_manifest", "data_root", "fraction", "seed", "label_map", "settings",
@@ -161,6 +171,7 @@ class StudySpec:
     comparisons: list[tuple[str, str]] = field(default_factory=list)  # (arm, reference arm), report statistics
     checkpoint_sources: list[dict] = field(default_factory=list)  # pretraining entries that name a file
     resources: dict = field(default_factory=dict)  # run kind -> {cpus, gpus} a run asks of a Ray node (cluster.py)
+    power: dict = field(default_factory=dict)  # the `power` block, checked (_check_power); {} when absent
 
     # Expansion ----------------------------------------------------------------------------------------------
     def expand(self) -> list[Run]:
@@ -540,6 +551,35 @@ def _check_comparisons(raw: Any, stages: list[dict], strategies: list[str]) -> l
     return pairs
 
 
+def _check_power(raw: Any, strategies: list[str]) -> dict:
+    """The `power` block: run_sd > 0, at least one of effect / equivalence_margin (> 0), alpha in (0, 1),
+    equivalence a list of strategies of the grid; {} when absent."""
+    if raw is None:
+        return {}
+    _require(isinstance(raw, dict), f"power: must be a mapping of {', '.join(sorted(POWER_KEYS))}, got {raw!r}")
+    unknown = set(raw) - POWER_KEYS
+    _require(not unknown, f"power: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(POWER_KEYS))}")
+    out: dict[str, Any] = {}
+    for key, default in (("run_sd", None), ("effect", None), ("equivalence_margin", None), ("alpha", 0.05)):
+        value = raw.get(key, default)
+        if value is None:
+            continue
+        number = _number(value, f"power.{key}")
+        _require(number == number and 0 < number < (1 if key == "alpha" else float("inf")),
+                 f"power.{key}: must be a number in {'(0, 1)' if key == 'alpha' else '(0, ∞)'}, got {value!r}")
+        out[key] = number
+    _require("run_sd" in out, "power.run_sd: required (the seed-to-seed sd of one arm's mean Dice at convergence)")
+    _require("effect" in out or "equivalence_margin" in out,
+             "power: give `effect` (a difference to detect) or `equivalence_margin` (an equivalence to show), or both")
+    equivalence = raw.get("equivalence", ["decoder"] if "decoder" in strategies else [])
+    _require(isinstance(equivalence, list) and all(isinstance(s, str) and s in strategies for s in equivalence),
+             f"power.equivalence: a list of strategies of finetune.strategies, got {equivalence!r}")
+    _require(not equivalence or "equivalence_margin" in out or "equivalence" not in raw,
+             "power.equivalence: needs power.equivalence_margin")
+    out["equivalence"] = list(equivalence) if "equivalence_margin" in out else []
+    return out
+
+
 def parse_study(content: dict, base: str | Path = ".", data_root: str | None = None,
                 source_file: str | None = None, trusted: bool = False) -> StudySpec:
     """Validate a study's content; `data_root` (from the command line) binds the target manifest's data.
@@ -658,7 +698,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
     spec = StudySpec(
         content=content,
         # where runs execute is not what they compute: other `resources` are the same study (as MACHINE_KEYS)
-        content_hash=_hash({key: value for key, value in content.items() if key != "resources"}, 16),
+        content_hash=_hash({key: value for key, value in content.items() if key not in NOT_HASHED}, 16),
         name=str(content["name"]),
         bundle_root=bundle_root,
         target=target,
@@ -676,6 +716,7 @@ def parse_study(content: dict, base: str | Path = ".", data_root: str | None = N
         comparisons=_check_comparisons(content.get("comparisons"), stages + checkpoint_sources, strategies),
         checkpoint_sources=checkpoint_sources,
         resources=resources,
+        power=_check_power(content.get("power"), strategies),
     )
     check_grid_count(spec)  # a mistyped range of seeds is refused before a million runs are expanded
     runs = spec.expand()

@@ -1,0 +1,83 @@
+"""Seed-to-seed spread of planned runs (issue 25): one line per run, then the seed-level mean with its t-interval.
+
+    python benchmarks/plan_seeds.py RUN_DIR [RUN_DIR ...] [--json OUT]
+
+Each RUN_DIR is a finished `medtransfer train --plan ...` folder. Runs are grouped by (data manifest, fraction, plan
+sha256); within a group the unit of replication is the run (seed): its mean test Dice over the test cases, so
+the interval is `medtransfer.evaluation.statistics.mean_ci` over seeds (t quantile with n-1 degrees of freedom),
+never over (case, seed) pairs. The seed sd printed here is what `studies/*.yaml` size their seeds from
+(`medtransfer.evaluation.power`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from medtransfer.evaluation.statistics import mean_ci  # noqa: E402
+
+
+def read_run(folder: Path) -> dict:
+    record = json.loads((folder / "run.json").read_text())
+    if record.get("status") != "finished" or "metrics" not in record:
+        raise SystemExit(f"{folder}/run.json: not a finished, evaluated run (status {record.get('status')!r})")
+    config, metrics = record["config"], record["metrics"]
+    converged = record.get("converged") or {}
+    return {"run": folder.name, "manifest": (record.get("data") or {}).get("manifest"),
+            "fraction": config.get("fraction"), "seed": config.get("seed"), "plan": (config.get("plan") or "")[:12],
+            "test_dice": metrics["mean_dice"], "hd95": metrics.get("mean_hd95"), "n_test": metrics.get("n_test_cases"),
+            "best_val_dice": record.get("best_val_dice"), "best_epoch": record.get("best_epoch"),
+            "epochs": record.get("epochs"), "converged": converged.get("value"), "reason": converged.get("reason"),
+            "wall_seconds": record.get("wall_time_seconds"), "validation_share": record.get("validation_share")}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["manifest"], run["fraction"], run["plan"])].append(run)
+    out = []
+    for (manifest, fraction, plan), members in sorted(groups.items(), key=lambda item: str(item[0])):
+        dice = [m["test_dice"] for m in members]
+        ci = mean_ci(dice)
+        out.append({"manifest": manifest, "fraction": fraction, "plan": plan, "seeds": [m["seed"] for m in members],
+                    "mean": ci.get("mean"), "ci_low": ci.get("ci_low"), "ci_high": ci.get("ci_high"),
+                    "seed_sd": statistics.stdev(dice) if len(dice) > 1 else None,
+                    "converged": sum(bool(m["converged"]) for m in members), "n": len(members),
+                    "wall_minutes": [round(m["wall_seconds"] / 60, 1) for m in members if m["wall_seconds"]]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    runs = [read_run(folder) for folder in args.runs]
+    for run in runs:
+        print(f"{run['run']}: {run['manifest']} f{run['fraction']} seed {run['seed']}: test Dice {run['test_dice']:.4f} "
+              f"({run['n_test']} cases), HD95 {run['hd95']:.1f}, best val {run['best_val_dice']:.4f} at epoch "
+              f"{run['best_epoch']}/{run['epochs']}, converged {run['converged']} ({run['reason']}), "
+              f"{run['wall_seconds'] / 60:.1f} min, validation {100 * (run['validation_share'] or 0):.1f} %")
+    groups = summarise(runs)
+    for group in groups:
+        interval = (f"95 % CI {group['ci_low']:.4f}–{group['ci_high']:.4f}" if group["ci_low"] is not None
+                    else "no interval (fewer than 2 seeds)")
+        sd = f"{group['seed_sd']:.4f}" if group["seed_sd"] is not None else "n/a"
+        print(f"{group['manifest']} f{group['fraction']} plan {group['plan']}: {group['n']} seeds {group['seeds']}, "
+              f"mean test Dice {group['mean']:.4f} ({interval} over seeds), seed sd {sd}, "
+              f"{group['converged']}/{group['n']} converged, wall {group['wall_minutes']} min")
+    result = {"runs": runs, "groups": groups}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

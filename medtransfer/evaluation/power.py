@@ -63,13 +63,18 @@ def sd_diff_from_run_sd(run_sd: float) -> float:
 def difference_power(n_seeds: int, sd_diff: float, effect: float, alpha: float = 0.05) -> float:
     """Power of the two-sided paired t-test over `n_seeds` per-seed differences (sd `sd_diff`) for a true mean
     difference `effect`; 0 below MIN_SEEDS (no test is made there)."""
+    from scipy import stats
     from statsmodels.stats.power import TTestPower
 
     _check(sd_diff, alpha)
     if _seeds(n_seeds) < MIN_SEEDS:
         return 0.0
-    return float(TTestPower().power(effect_size=abs(effect) / sd_diff, nobs=n_seeds, alpha=alpha,
-                                    alternative="two-sided"))
+    value = float(TTestPower().power(effect_size=abs(effect) / sd_diff, nobs=n_seeds, alpha=alpha,
+                                     alternative="two-sided"))
+    if not math.isfinite(value):  # scipy's noncentral t gives NaN far in its tail, where the power is ~1
+        shift, critical = abs(effect) / sd_diff * math.sqrt(n_seeds), float(stats.t.ppf(1 - alpha / 2, n_seeds - 1))
+        value = float(stats.norm.sf(critical - shift) + stats.norm.cdf(-critical - shift))
+    return value
 
 
 def tost_power(n_seeds: int, sd_diff: float, margin: float, true_diff: float = 0.0, alpha: float = 0.05,
@@ -92,6 +97,9 @@ def tost_power(n_seeds: int, sd_diff: float, margin: float, true_diff: float = 0
     if method == "nct":
         lower = stats.nct.sf(critical, df, (true_diff + margin) / se)  # H0: diff ≤ −margin rejected
         upper = stats.nct.cdf(-critical, df, (true_diff - margin) / se)  # H0: diff ≥ +margin rejected
+        # far in the tail scipy's nct gives NaN; there the normal probability is as good
+        lower = lower if math.isfinite(lower) else stats.norm.sf(critical - (true_diff + margin) / se)
+        upper = upper if math.isfinite(upper) else stats.norm.cdf(-critical - (true_diff - margin) / se)
         return float(max(0.0, lower + upper - 1.0))
 
     # s = sd_diff·sqrt(q/df) with q ~ χ²(df); equivalence when |mean| < margin − critical·s/√n

@@ -102,6 +102,17 @@ def mean_ci(values: Iterable[float], level: float = LEVEL) -> dict[str, float | 
     return {"n": n, "mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def spearman_interval(rho: float | None, n: int, level: float = LEVEL) -> dict[str, float | None]:
+    """`level` interval of a Spearman ρ over n pairs: Fisher z with Bonett & Wright's (2000) variance
+    (1 + ρ²/2)/(n − 3); None below 4 pairs or for |ρ| = 1."""
+    from scipy import stats
+
+    if rho is None or not _finite(rho) or n < 4 or abs(rho) >= 1:
+        return {"ci_low": None, "ci_high": None}
+    half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt((1 + rho ** 2 / 2) / (n - 3))
+    return {"ci_low": math.tanh(math.atanh(rho) - half), "ci_high": math.tanh(math.atanh(rho) + half)}
+
+
 def paired_wilcoxon(a: dict, b: dict) -> dict[str, Any]:
     """The OLD test: Wilcoxon signed-rank of a − b over every key both have, as if the keys were independent.
 

@@ -51,7 +51,7 @@ def _report(args: argparse.Namespace) -> int:
     from medtransfer.study.report import write_report
 
     report = write_report(args.study_dir, figures=not args.no_figures)
-    print(f"wrote {report['summary']} and {report['results']} ({report['n_rows']} rows); "
+    print(f"wrote {report['summary']}, {report['findings']} and {report['results']} ({report['n_rows']} rows); "
           f"figures: {', '.join(report['figures']) or 'none'}; {len(report['problems'])} run(s) not finished")
     return 0
 
@@ -134,9 +134,10 @@ def register(commands) -> None:
     plan.add_argument("--trusted", action="store_true", help="as for `study run`")
     plan.set_defaults(handler=_plan)
 
-    report = sub.add_parser("report", help="re-render results.csv, summary.md and figures/ from finished runs")
+    report = sub.add_parser("report", help="re-render results.csv, summary.md, findings.md and figures/ from "
+                                           "finished runs")
     report.add_argument("study_dir", help="study folder (runs/studies/<name>)")
-    report.add_argument("--no-figures", action="store_true", help="tables and summary.md only")
+    report.add_argument("--no-figures", action="store_true", help="tables, summary.md and findings.md only")
     report.set_defaults(handler=_report)
 
     status = sub.add_parser("status", help="what is finished, running, failed, skipped or pending")

@@ -1,4 +1,5 @@
-"""A study's report from its finished runs: results.csv (tidy), summary.md (statistics) and figures/.
+"""A study's report from its finished runs: results.csv (tidy), summary.md (statistics), findings.md (the seed
+papers' claims, medtransfer.study.findings) and figures/.
 
 Statistics (medtransfer.evaluation.statistics, whose docstring explains the choice and its calibration):
 - The unit of observation is a test case, or for slice data sets (cases with a `volume`, written by
@@ -34,6 +35,7 @@ from medtransfer.evaluation.statistics import (MIN_SEEDS, METHOD, TOO_FEW_SEEDS,
                                                mean_ci, paired_over_seeds, unit_observations)
 from medtransfer.study.analysis import COMPARISONS, summarise_cka, transferability_table
 from medtransfer.study.figures import write_figures
+from medtransfer.study.findings import findings, findings_markdown
 from medtransfer.study.folder import STATUS_FILE, finished_record, load_study_dir, read_json, run_dir
 from medtransfer.study.leakage import target_label_sentences
 from medtransfer.study.spec import NO_SOURCE, Run, StudySpec
@@ -242,7 +244,7 @@ def analyse(rows: list[dict], records: dict[str, dict], comparisons: Iterable[tu
     seeds = {row["seed"] for row in grid}
     if budget is None:
         budget = budget_epochs(max((item["run"].max_epochs or 0 for item in records.values()), default=None))
-    return {"table": table, "tests": compared["comparisons"], "skipped": compared["skipped"],
+    return {"cells": cells, "table": table, "tests": compared["comparisons"], "skipped": compared["skipped"],
             "family": compared["family"], "n_seeds": len(seeds), "curves": dict(curves), "convergence": dict(speed),
             "unit": unit, "budget_epochs": budget, "budget": budget_and_convergence(records, budget)}
 
@@ -260,6 +262,18 @@ def _p(value) -> str:
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
 
+def study_file_label(source_file: str | None) -> str:
+    """The study file as summary.md names it: relative to the git root of its folder (the study's checkout),
+    else its own folder (the bare file name); never an absolute path of the machine that ran it."""
+    if not source_file:
+        return "unknown"
+    path = Path(source_file)
+    for folder in path.parents:
+        if (folder / ".git").exists():
+            return path.relative_to(folder).as_posix()
+    return path.name
+
+
 def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_runs: int, figures: list[str],
                      wall_seconds: float, data_notes: Iterable[str] = ()) -> str:
     """`data_notes`: sentences on what the sources saw of the target (leakage.target_label_sentences)."""
@@ -267,7 +281,7 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     stages = ", ".join([f"{s['name']} ({s['objective']} on {s['data_manifest']})" for s in spec.stages]
                        + [f"{s['name']} (checkpoint file {Path(s['checkpoint']).name})"
                           for s in spec.checkpoint_sources])
-    lines += [f"- study file: `{spec.source_file}` (content hash `{spec.content_hash}`)",
+    lines += [f"- study file: `{study_file_label(spec.source_file)}` (content hash `{spec.content_hash}`)",
               f"- bundle: `{spec.bundle_root.name}`; target data: `{spec.target.name}`; "
               f"pretraining: {stages or 'none'}",
               f"- runs: {n_runs - len(problems)} of {n_runs} finished; Σ fine-tune wall time {wall_seconds / 60:.1f} min",
@@ -464,7 +478,7 @@ def _transferability_markdown(result: dict | None) -> list[str]:
 
 
 def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: bool = True) -> dict[str, Any]:
-    """(Re)write results.csv, summary.md and figures/ from the finished runs of a study folder."""
+    """(Re)write results.csv, summary.md, findings.md and figures/ from the finished runs of a study folder."""
     study_dir = Path(study_dir)
     spec = spec or load_study_dir(study_dir)
     rows, records, problems = collect(study_dir, spec)
@@ -482,5 +496,19 @@ def write_report(study_dir: str | Path, spec: StudySpec | None = None, figures: 
     wall = sum(float(item["record"].get("wall_time_seconds") or 0.0) for item in records.values())
     text = summary_markdown(spec, analysis, problems, n_runs, written, wall, target_label_sentences(study_dir))
     atomic_write(study_dir / "summary.md", lambda stream: stream.write(text.encode()))
+    claims = study_findings(spec, analysis)
+    page = findings_markdown(spec.name, claims, study_file_label(spec.source_file))
+    atomic_write(study_dir / "findings.md", lambda stream: stream.write(page.encode()))
     return {"results": str(study_dir / "results.csv"), "summary": str(study_dir / "summary.md"),
+            "findings": str(study_dir / "findings.md"), "claims": claims,
             "figures": written, "n_rows": len(rows), "problems": problems}
+
+
+def study_findings(spec: StudySpec, analysis: dict) -> list[dict]:
+    """findings.md's rows (medtransfer.study.findings) from `analyse`'s cells, its not-converged count per arm
+    and the transferability table."""
+    unconverged = {(row["objective"], row["strategy"], row["fraction"]): row.get("unconverged", 0)
+                   for row in analysis.get("budget") or []}
+    stages = list(spec.stages) + [{"name": s["name"], "objective": None} for s in spec.checkpoint_sources]
+    return findings(analysis["cells"], stages, getattr(spec, "power", None) or {}, unconverged,
+                    analysis.get("transferability"))

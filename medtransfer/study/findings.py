@@ -286,12 +286,13 @@ def findings_markdown(name: str, rows: list[dict], study_file: str | None = None
               "(Fisher-z interval). p: the claim's test, Holm-adjusted over the claims on this page that have one. "
               "Power: of that test, for the claim's stated effect, with the seeds (claim 6: checkpoints) the study "
               "had; in brackets the seeds power 0.8 needs. Verdicts: "
-              + ", ".join(f"“{v}”" for v in VERDICTS) + f" (“{NOT_MEASURED}” where the study has no such arms).", "",
+              + ", ".join(f"“{v}”" for v in VERDICTS)
+              + f" (“{NOT_MEASURED}” where the study has no such arms).", "",
               "| # | claim (paper) | paper's number | arm vs reference (fraction) | ours [CI] | test | p (Holm) | "
               "power | verdict |", "|---:|---|---|---|---|---|---:|---|---|"]
     for row in rows:
-        compared = (f"{row['arm']} vs {row['reference']} ({row['fraction'] if isinstance(row['fraction'], str) else format(row['fraction'], 'g')})"
-                    if row["arm"] else "–")
+        fraction = row["fraction"] if isinstance(row["fraction"], str) else format(row["fraction"] or 0, "g")
+        compared = f"{row['arm']} vs {row['reference']} ({fraction})" if row["arm"] else "–"
         if row["power"] is None:
             power = "–" if row["estimate"] is None else f"– ({row['power_basis']})"
         else:

@@ -300,6 +300,7 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     if too_few:
         lines += [f"**This study has {n_seeds} seed{'s' if n_seeds != 1 else ''}: {TOO_FEW_SEEDS}** (one needs ≥ "
                   f"{MIN_SEEDS} seeds). The tables give estimates only: no confidence intervals and no p-values.", ""]
+    lines += _power_markdown(spec)
     lines += ["## Test Dice per strategy × fraction", "",
               f"{per_volume}Dice: mean over seeds of each run's mean over its {unit}s; 95% CI: t-interval over the "
               f"per-seed means (none below {MIN_SEEDS} seeds). sd seeds: between runs; sd {unit}s: within a run "
@@ -367,6 +368,23 @@ def summary_markdown(spec: StudySpec, analysis: dict, problems: list[dict], n_ru
     else:
         lines.append("None: every run finished.")
     return "\n".join(lines) + "\n"
+
+
+def _power_markdown(spec: StudySpec) -> list[str]:
+    """The seeds-by-power calculation of the study file's `power` block (medtransfer.study.size)."""
+    from medtransfer.study.size import comparison_powers
+
+    rows = comparison_powers(spec)
+    if not rows:
+        return []
+    power = spec.power
+    lines = [f"**Seeds by power** (the study file's `power` block: run sd {power['run_sd']:g} Dice at convergence, "
+             f"so the sd of a per-seed difference of two arms is √2 × {power['run_sd']:g}; alpha {power['alpha']:g} "
+             f"per comparison, before Holm; medtransfer.evaluation.power):", "",
+             "| comparison | seeds | power | seeds for power 0.8 |", "|---|---:|---:|---:|"]
+    lines += [f"| {row['what']} | {row['n_seeds']} | {row['power']:.2f} | {row['seeds_needed'] or '–'} |"
+              for row in rows]
+    return lines + [""]
 
 
 def _interval(summary: dict) -> str:

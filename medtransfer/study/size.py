@@ -168,9 +168,9 @@ def planned_comparisons(spec: StudySpec) -> list[tuple[str, str, bool]]:
             for arm, reference in pairs]
 
 
-def power_lines(spec: StudySpec, threshold: float = POWER_WARNING) -> list[str]:
-    """One warning line per comparison whose power with the study's seeds is below `threshold` (per comparison
-    at the block's alpha, before Holm); [] without a `power` block."""
+def comparison_powers(spec: StudySpec) -> list[dict]:
+    """Per planned comparison: {arm, reference, equivalence, what, power, seeds_needed, n_seeds} with the study's
+    seeds and its `power` block (per comparison at the block's alpha, before Holm); [] without a block."""
     from medtransfer.evaluation.power import (difference_power, sd_diff_from_run_sd, seeds_for_difference,
                                               seeds_for_equivalence, tost_power)
 
@@ -179,7 +179,7 @@ def power_lines(spec: StudySpec, threshold: float = POWER_WARNING) -> list[str]:
         return []
     n, alpha = len(spec.seeds), power["alpha"]
     sd = sd_diff_from_run_sd(power["run_sd"])
-    lines = []
+    out = []
     for arm, reference, equivalent in planned_comparisons(spec):
         if equivalent:
             value = tost_power(n, sd, power["equivalence_margin"], 0.0, alpha)
@@ -191,10 +191,21 @@ def power_lines(spec: StudySpec, threshold: float = POWER_WARNING) -> list[str]:
             what = f"{arm} vs {reference} (a difference of {power['effect']:g} Dice)"
         else:
             continue
-        if value < threshold:
-            lines.append(f"warning: power {value:.2f} for {what} with {n} seed{'s' if n != 1 else ''} (run sd "
-                         f"{power['run_sd']:g}, alpha {alpha:g}); power 0.8 needs "
-                         + (f"{needed} seeds" if needed else "more seeds than can be planned"))
+        out.append({"arm": arm, "reference": reference, "equivalence": equivalent, "what": what, "power": value,
+                    "seeds_needed": needed, "n_seeds": n})
+    return out
+
+
+def power_lines(spec: StudySpec, threshold: float = POWER_WARNING) -> list[str]:
+    """One warning line per comparison whose power with the study's seeds is below `threshold`."""
+    power = spec.power or {}
+    lines = []
+    for row in comparison_powers(spec):
+        if row["power"] < threshold:
+            n = row["n_seeds"]
+            lines.append(f"warning: power {row['power']:.2f} for {row['what']} with {n} seed{'s' if n != 1 else ''} "
+                         f"(run sd {power['run_sd']:g}, alpha {power['alpha']:g}); power 0.8 needs "
+                         + (f"{row['seeds_needed']} seeds" if row["seeds_needed"] else "more seeds than can be planned"))
     return lines
 
 

@@ -102,6 +102,8 @@ def test_a_study_report_writes_findings_next_to_summary_and_names_the_study_file
     assert outcome["counts"]["failed"] == 0
     summary = (study_dir / "summary.md").read_text()
     assert "- study file: `studies/study.yaml` (content hash" in summary and str(tmp_path) not in summary
+    # the seeds-by-power calculation: √2 · 0.01 per difference, 3 seeds, +0.03
+    assert "| encoder vs scratch (a difference of 0.03 Dice) | 3 | 0.51 | 5 |" in summary
     page = (study_dir / "findings.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert len(rows) == 6 and str(tmp_path) not in page

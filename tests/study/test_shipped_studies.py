@@ -44,3 +44,20 @@ def test_wide_random_frozen_control_differs_from_the_cross_dataset_study_in_widt
     runs = wide.expand()
     assert {(run.strategy, run.fraction) for run in runs} == {(s, 0.25) for s in ("scratch", "random_encoder_frozen")}
     assert len(runs) == 6 and set(narrow.seeds) == {run.seed for run in runs}
+
+
+def test_converged_study_runs_its_key_cells_on_the_busi_plan_with_seeds_sized_by_power(test_data):
+    from medtransfer.evaluation.power import difference_power, sd_diff_from_run_sd, tost_power
+
+    spec = load_study(STUDIES / "breast_us_converged.yaml", data_root=str(test_data))
+    runs = spec.expand()
+    assert Counter(run.kind for run in runs) == {"pretrain": 1, "finetune": 21}
+    plan = STUDIES / "plans" / "busi_breast_us_lesions.json"
+    assert spec.settings["plan"] == str(plan.resolve())  # relative to the study file
+    tunes = [run for run in runs if run.kind == "finetune"]
+    assert {(run.strategy, run.fraction) for run in tunes} == {(s, 0.05) for s in ("scratch", "encoder", "decoder")}
+    seeds = len({run.seed for run in tunes})
+    sd = sd_diff_from_run_sd(spec.power["run_sd"])
+    # the numbers the file's comment states
+    assert seeds == 7 and round(difference_power(seeds, sd, 0.03, 0.05), 2) == 0.87
+    assert round(tost_power(seeds, sd, 0.03, 0.0, 0.05), 2) == 0.90

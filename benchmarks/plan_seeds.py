@@ -38,6 +38,31 @@ def read_run(folder: Path) -> dict:
             "wall_seconds": record.get("wall_time_seconds"), "validation_share": record.get("validation_share")}
 
 
+def plot_curves(folders: list[Path], output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads((folder / "run.json").read_text()) for folder in folders]
+    manifests = sorted({(r.get("data") or {}).get("manifest") for r in records})
+    figure, axes = plt.subplots(1, len(manifests), figsize=(5.5 * len(manifests), 4), squeeze=False)
+    for axis, manifest in zip(axes[0], manifests):
+        for record in (r for r in records if (r.get("data") or {}).get("manifest") == manifest):
+            history = record.get("val_history") or []
+            config, converged = record["config"], (record.get("converged") or {}).get("value")
+            axis.plot([h["epoch"] for h in history], [h["val_dice"] for h in history], lw=1.2,
+                      label=f"f{config.get('fraction')} seed {config.get('seed')}: test {record['metrics']['mean_dice']:.3f}"
+                            f"{'' if converged else ' (not converged)'}")
+        axis.set(title=f"{manifest} (planned, scratch)", xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+    plt.close(figure)
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
@@ -58,8 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="PNG: validation Dice per epoch of every run, one panel per data set")
     args = parser.parse_args(argv)
     runs = [read_run(folder) for folder in args.runs]
+    if args.plot:
+        plot_curves(args.runs, args.plot)
     for run in runs:
         print(f"{run['run']}: {run['manifest']} f{run['fraction']} seed {run['seed']}: test Dice {run['test_dice']:.4f} "
               f"({run['n_test']} cases), HD95 {run['hd95']:.1f}, best val {run['best_val_dice']:.4f} at epoch "

@@ -46,14 +46,11 @@ def total_stride(network: nn.Module | Mapping | Sequence[int]) -> int:
     the first). A ResNet U-Net keeps its stride on the encoder (as segmentation_models_pytorch does).
     """
     network = getattr(network, "module", network)  # DDP / DataParallel
-    if isinstance(network, DynUNet):
-        stride = 1
-        for step in network.strides:
-            stride *= int(step if isinstance(step, int) else max(step))
-        return stride
+    if isinstance(network, (DynUNet, UNet)):  # both state their strides, an int or one per axis per level
+        return _strides_product(network.strides)
     if isinstance(network, FlexibleUNet):
         return RESNET_UNET_STRIDE
-    if isinstance(network, (UNet, BasicUNet, SegResNet, SwinUNETR)):
+    if isinstance(network, (BasicUNet, SegResNet, SwinUNETR)):
         return _monai_stride(network)
     if isinstance(network, Mapping):
         if network.get("backbone"):
@@ -66,14 +63,16 @@ def total_stride(network: nn.Module | Mapping | Sequence[int]) -> int:
     raise TypeError(f"total_stride: cannot tell the stride of a {type(network).__name__}")
 
 
+def _strides_product(strides) -> int:
+    stride = 1
+    for step in strides:
+        stride *= int(step if isinstance(step, int) else max(step))
+    return stride
+
+
 def _monai_stride(network: nn.Module) -> int:
-    """A source architecture's downsampling: UNet its strides, BasicUNet four pools, SegResNet a stride 2 per
-    down stage after the first, SwinUNETR its patch embedding (2) and four stride-2 merges."""
-    if isinstance(network, UNet):
-        stride = 1
-        for step in network.strides:
-            stride *= int(step if isinstance(step, int) else max(step))
-        return stride
+    """A source architecture's downsampling without stated strides: BasicUNet four pools, SegResNet a stride 2
+    per down stage after the first, SwinUNETR its patch embedding (2) and four stride-2 merges."""
     if isinstance(network, BasicUNet):
         return 16
     if isinstance(network, SegResNet):

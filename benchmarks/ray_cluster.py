@@ -95,19 +95,11 @@ def placement(work: Path) -> dict:
     }
 
 
-def fake_factory(run, bundle_root, output_dir, source_checkpoint=None, overwrite=False):
-    command = [sys.executable, str(FAKE_BUNDLE), str(output_dir), run.kind, str(run.strategy), str(run.fraction),
-               str(run.seed)]
-    if source_checkpoint is not None:
-        command += ["--source", str(source_checkpoint)]
-    return command + (["--overwrite"] if overwrite else [])
-
-
 def overhead(work: Path) -> dict:
     import subprocess
 
     from medtransfer.study.runner import run_study
-    from tests.study.conftest import tiny_study, write_study
+    from tests.study.conftest import fake_command, tiny_study, write_study
 
     content = tiny_study(finetune={"strategies": ["scratch", "encoder", "decoder"], "fractions": [0.1, 0.25, 0.5],
                                    "seeds": list(range(11)), "settings": {"max_epochs": 1}})
@@ -119,13 +111,13 @@ def overhead(work: Path) -> dict:
     bare = (time.perf_counter() - started) / 10
     started = time.perf_counter()
     local = run_study(study_file, work / "local", workers=2, progress=False, report=False,
-                      command_factory=fake_factory, preload=False)
+                      command_factory=fake_command(), preload=False)
     local_seconds = time.perf_counter() - started
     cluster, _ = start_cluster(2)
     try:
         started = time.perf_counter()
         on_ray = run_study(study_file, work / "ray", executor="ray", progress=False, report=False,
-                           command_factory=fake_factory)
+                           command_factory=fake_command())
         ray_seconds = time.perf_counter() - started
     finally:
         stop_cluster(cluster)

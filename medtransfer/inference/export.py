@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.networks.nets import FlexibleUNet
 import medtransfer
 from medtransfer import registry
 from medtransfer.atomic import atomic_write, replace_folder, save_json, save_torch, sha256_of
@@ -174,7 +175,7 @@ def _network_data_format(template_meta: dict, config: dict, manifest: dict, labe
     dims = int(config["spatial_dims"])
     # A multiple of the network's total stride, and twice it at least where the bottleneck normalises per instance
     # (instance norm needs more than one voxel), so that MONAI's verify_net_in_out passes with its default n=1.
-    flexible = "FlexibleUNet" in type(network).__name__
+    flexible = isinstance(network, FlexibleUNet)  # ScriptableFlexibleUNet included (a subclass)
     multiple = total_stride(network) if flexible else 2 * total_stride(network)
     shape = [f"{multiple}*n"] * dims
     formats = json.loads(json.dumps(template_meta["network_data_format"]))

@@ -162,6 +162,15 @@ def study_status(study_dir: str | Path) -> dict:
 
 
 # Running --------------------------------------------------------------------------------------------------
+def start_order(runs: list[Run]) -> list[Run]:
+    """The order in which pending runs are started: pretrainings first (every fine-tune of theirs waits on them),
+    then the fine-tunes seed by seed, each seed across the whole grid in grid order. A study stopped part-way (a
+    session that ends, a budget spent) then holds complete paired seeds across its arms (seed 0 of every arm,
+    then seed 1 ...), which the paired tests can use, rather than every seed of the first arm and none of the
+    last."""
+    return sorted(runs, key=lambda run: (run.kind != "pretrain", run.seed if run.kind != "pretrain" else 0))
+
+
 class StudyRunner:
     """Runs the not-yet-finished runs of a study on an executor, in dependency order, with a progress bar."""
 
@@ -216,6 +225,7 @@ class StudyRunner:
                 pending.append(run)
             self.entries[run.run_id] = entry
         skipped_at_start = len(self.runs) - len(pending)
+        pending = start_order(pending)
         if pending:  # a cluster proves that every node sees the study folder and the data before any run is placed
             self.nodes = self.executor.prepare(self.study_dir, self.spec)
         self._save_status()

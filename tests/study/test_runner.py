@@ -143,3 +143,20 @@ def test_bad_checkpoint_sources_are_refused_before_training(entry, message, tmp_
     (tmp_path / "w.pt").write_bytes(b"x")
     with pytest.raises(StudyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_study(tiny_study(pretraining=[entry]), base=tmp_path)
+
+
+def test_runs_start_pretraining_first_then_seed_by_seed_across_the_grid(study_file, tmp_path):
+    """A study stopped part-way holds complete paired seeds: every arm's seed 0 starts before any seed 1."""
+    started = []
+    inner = fake_command()
+
+    def recording(run, *args, **kwargs):
+        started.append(run)
+        return inner(run, *args, **kwargs)
+
+    run_study(study_file, tmp_path / "out", workers=1, progress=False, report=False, command_factory=recording)
+    assert len(started) == 13 and started[0].kind == "pretrain"
+    seeds = [run.seed for run in started[1:]]
+    assert seeds == sorted(seeds) == [0] * 6 + [1] * 6  # scratch, encoder, decoder × 2 fractions, per seed
+    assert [(r.strategy, r.fraction) for r in started[1:7]] == [(r.strategy, r.fraction) for r in started[7:]]
+    assert [r.strategy for r in started[1:7]] == ["scratch", "scratch", "encoder", "encoder", "decoder", "decoder"]

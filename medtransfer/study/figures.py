@@ -58,6 +58,17 @@ def _colours(arms):
     return {arm: strategy_style(arm[1], strategies)[0] for arm in arms}
 
 
+MIN_DICE_SPAN = 0.10  # Dice: the smallest y range a Dice panel shows
+
+
+def _min_span(ax, span: float) -> None:
+    """Widen the y range to at least `span` around its middle, so that the axis never magnifies a small gap."""
+    low, high = ax.get_ylim()
+    if high - low < span:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - span / 2, middle + span / 2)
+
+
 def _offsets(count: int, spread: float = 0.035) -> list[float]:
     """Multiplicative x offsets (log axis) that put `count` arms side by side around each fraction."""
     if count <= 1:
@@ -98,12 +109,14 @@ def dice_vs_fraction(path: Path, table: list[dict]) -> None:
                 ax.plot([xi] * len(seeds), seeds, marker, color=colour, markersize=3.5, markerfacecolor="none",
                         markeredgewidth=0.7, alpha=0.7, linestyle="none", zorder=2)
         ax.set_xscale("log")
+        ax.set_xlim(min(fractions) / 1.6, max(fractions) * 1.6)  # a single fraction is not spread edge to edge
         ax.set_xticks(fractions)
         ax.set_xticklabels([f"{f:g}" for f in fractions])
         ax.minorticks_off()
         ax.set_xlabel("fraction of training cases (log)")
         ax.set_title(f"pretraining: {objective}" if objective != NO_SOURCE else "no pretraining")
         ax.grid(alpha=0.3)
+    _min_span(axes[0][0], MIN_DICE_SPAN)  # shared y: a 0.01 difference must not fill the panel
     axes[0][0].set_ylabel("test Dice: mean of seed means, 95% CI over seeds" if any_interval else
                           "test Dice: mean of seed means (○ seeds; < 3 seeds: no CI)")
     handles, labels = [], []  # one legend for all panels: the styles are the same everywhere

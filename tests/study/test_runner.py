@@ -160,3 +160,22 @@ def test_runs_start_pretraining_first_then_seed_by_seed_across_the_grid(study_fi
     assert seeds == sorted(seeds) == [0] * 6 + [1] * 6  # scratch, encoder, decoder × 2 fractions, per seed
     assert [(r.strategy, r.fraction) for r in started[1:7]] == [(r.strategy, r.fraction) for r in started[7:]]
     assert [r.strategy for r in started[1:7]] == ["scratch", "scratch", "encoder", "encoder", "decoder", "decoder"]
+
+
+def test_a_dice_panel_never_magnifies_a_small_gap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medtransfer.study.figures import MIN_DICE_SPAN, _min_span
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.682, 0.692])
+    _min_span(ax, MIN_DICE_SPAN)
+    low, high = ax.get_ylim()
+    assert high - low == pytest.approx(0.10) and low < 0.682 and high > 0.692
+    ax.set_ylim(0.2, 0.8)  # a wide range is left alone
+    _min_span(ax, MIN_DICE_SPAN)
+    assert ax.get_ylim() == (0.2, 0.8)
+    plt.close(fig)

@@ -56,3 +56,13 @@ def test_a_comparison_with_an_unconverged_run_is_marked_not_at_convergence():
     encoder_line = next(line for line in text.splitlines() if line.startswith("| seg | encoder"))
     assert "†" not in scratch_line and scratch_line.endswith("| 0 of 3 |")
     assert encoder_line.count("†") == 2 and encoder_line.endswith("| 1 of 3 |")  # its value and its Δ vs scratch
+
+
+def test_the_budget_takes_the_plans_max_epochs_when_the_study_sets_none():
+    from medtransfer.study.report import _max_epochs
+
+    planned = {"run": SimpleNamespace(max_epochs=None),
+               "record": {"plan": {"bundle_keys": {"max_epochs": 94}, "from_plan": ["max_epochs"]}}}
+    assert _max_epochs(planned) == 94 and budget_epochs(_max_epochs(planned)) == 19
+    assert _max_epochs({"run": SimpleNamespace(max_epochs=40), "record": planned["record"]}) == 40  # the study's
+    assert _max_epochs({"run": SimpleNamespace(max_epochs=None), "record": {}}) == 0

@@ -61,15 +61,6 @@ def real_study(folder: Path, pretraining_epochs: int = 2) -> Path:
                   "settings": {"max_epochs": 2, "iterations_per_epoch": 2}}))
 
 
-def dice_by_run(study_dir: Path) -> dict[str, float]:
-    out = {}
-    for folder in sorted((study_dir / "runs").iterdir()):
-        record = json.loads((folder / "run.json").read_text())
-        if "metrics" in record:
-            out[folder.name] = record["metrics"]["mean_dice"]
-    return out
-
-
 def placement(work: Path) -> dict:
     from medtransfer.study.runner import run_study
 
@@ -85,7 +76,9 @@ def placement(work: Path) -> dict:
     finally:
         stop_cluster(cluster)
     status = json.loads((work / "ray" / "status.json").read_text())
-    local_dice, ray_dice = dice_by_run(work / "local"), dice_by_run(work / "ray")
+    from tests.study.conftest import mean_dice_by_run
+
+    local_dice, ray_dice = mean_dice_by_run(work / "local"), mean_dice_by_run(work / "ray")
     return {
         "local_seconds": round(local_seconds, 1), "ray_seconds": round(ray_seconds, 1),
         "finished": [local["counts"]["finished"], on_ray["counts"]["finished"]],

@@ -84,14 +84,6 @@ def convergence(val_history: list[dict] | None, target: float | None,
     return out
 
 
-def _max_epochs(item: dict) -> int:
-    """A fine-tune's maximum epochs: the study's setting, else the plan's (run.json["plan"]), else 0."""
-    if item["run"].max_epochs:
-        return item["run"].max_epochs
-    plan = item["record"].get("plan") or {}
-    return int((plan.get("bundle_keys") or {}).get("max_epochs") or 0)
-
-
 def budget_epochs(max_epochs: int | None) -> int:
     """The fixed small budget of the report: a fifth of the fine-tunes' maximum epochs (at least 1)."""
     return max(1, round((max_epochs or 5) / 5))
@@ -251,7 +243,7 @@ def analyse(rows: list[dict], records: dict[str, dict], comparisons: Iterable[tu
     unit = "volume" if any(row.get("volume") for row in rows) else "case"
     seeds = {row["seed"] for row in grid}
     if budget is None:
-        budget = budget_epochs(max((_max_epochs(item) for item in records.values()), default=None))
+        budget = budget_epochs(max((item["run"].max_epochs or 0 for item in records.values()), default=None))
     return {"cells": cells, "table": table, "tests": compared["comparisons"], "skipped": compared["skipped"],
             "family": compared["family"], "n_seeds": len(seeds), "curves": dict(curves), "convergence": dict(speed),
             "unit": unit, "budget_epochs": budget, "budget": budget_and_convergence(records, budget)}

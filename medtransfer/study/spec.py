@@ -59,6 +59,7 @@ from __future__ import annotations
 
 from medtransfer.errors import MedtransferError
 
+import functools
 import hashlib
 import json
 import os
@@ -71,7 +72,7 @@ from typing import Any
 import yaml
 
 from medtransfer import registry
-from medtransfer.planning.plan import static_value
+from medtransfer.planning.plan import load_plan, static_value
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
             "finetune", "analysis", "comparisons", "resources", "power"}
@@ -112,6 +113,12 @@ def _fraction_text(fraction: float) -> str:
     return fraction_key(fraction)
 
 
+@functools.lru_cache(maxsize=None)
+def _plan_keys(path: str) -> dict:
+    """A plan file's bundle keys, read once per process (a run's properties are asked for on every poll)."""
+    return load_plan(path)["bundle_keys"]
+
+
 @dataclass(frozen=True)
 class Run:
     """One bundle execution of a study."""
@@ -133,7 +140,10 @@ class Run:
 
     @property
     def max_epochs(self) -> int | None:
+        """The run's maximum epochs as it will resolve them: the study's setting, else its plan's (None: neither)."""
         value = self.args.get("max_epochs")
+        if value is None and self.args.get("plan"):
+            value = _plan_keys(str(self.args["plan"])).get("max_epochs")
         return int(value) if value is not None else None
 
     def weights_name(self) -> str:

@@ -15,7 +15,7 @@ from ray.cluster_utils import Cluster
 from medtransfer.study.cli_commands import main as study_cli
 from medtransfer.study.cluster import read_attempts
 from medtransfer.study.runner import run_study
-from tests.study.conftest import tiny_study, write_study
+from tests.study.conftest import mean_dice_by_run, tiny_study, write_study
 
 # the head schedules nothing (0 CPUs), so removing a worker node never takes the GCS or the driver with it;
 # a lost node is noticed after 3 missed health checks of 0.5 s (Ray's default is 5 of 3 s)
@@ -113,11 +113,6 @@ def test_a_real_study_survives_a_lost_node(two_gpu_nodes, tmp_path):
     assert f"{lost_label}: 0 runs (0 finished, 0 failed), 1 attempts" in text
     print(f"\nnode lost {time.monotonic() - removed_at:.0f} s before the test's end; run seconds "
           f"{[round(e['seconds']) for e in runs.values()]}; attempts {[e['attempts'] for e in runs.values()]}")
-
-
-def mean_dice_by_run(study_dir) -> dict[str, float]:
-    return {folder.name: json.loads((folder / "run.json").read_text())["metrics"]["mean_dice"]
-            for folder in sorted((study_dir / "runs").iterdir()) if folder.name.startswith("ft-")}
 
 
 def test_the_same_study_gives_the_same_runs_and_dice_on_ray_as_on_the_local_pool(two_gpu_nodes, tmp_path):

@@ -1,6 +1,7 @@
 """The report's fixed-small-budget against at-convergence table (issue 16: pretrained decoders converge faster
 but need not end higher, so both are shown)."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -59,10 +60,14 @@ def test_a_comparison_with_an_unconverged_run_is_marked_not_at_convergence():
 
 
 def test_the_budget_takes_the_plans_max_epochs_when_the_study_sets_none():
-    from medtransfer.study.report import _max_epochs
+    from medtransfer.study.spec import Run
 
-    planned = {"run": SimpleNamespace(max_epochs=None),
-               "record": {"plan": {"bundle_keys": {"max_epochs": 94}, "from_plan": ["max_epochs"]}}}
-    assert _max_epochs(planned) == 94 and budget_epochs(_max_epochs(planned)) == 19
-    assert _max_epochs({"run": SimpleNamespace(max_epochs=40), "record": planned["record"]}) == 40  # the study's
-    assert _max_epochs({"run": SimpleNamespace(max_epochs=None), "record": {}}) == 0
+    plan = str(Path(__file__).resolve().parents[2] / "studies" / "plans" / "busi_breast_us_lesions.json")
+
+    def run(**args):
+        return Run("ft-x", "finetune", "none", "scratch", 0.05, 0, (), args, {})
+
+    planned = run(plan=plan)
+    assert planned.max_epochs == 94 and budget_epochs(planned.max_epochs) == 19
+    assert run(plan=plan, max_epochs=40).max_epochs == 40  # the study's setting wins over the plan's
+    assert run().max_epochs is None

@@ -61,3 +61,25 @@ def test_converged_study_runs_its_key_cells_on_the_busi_plan_with_seeds_sized_by
     # the numbers the file's comment states
     assert seeds == 7 and round(difference_power(seeds, sd, 0.03, 0.05), 2) == 0.87
     assert round(tost_power(seeds, sd, 0.03, 0.0, 0.05), 2) == 0.90
+
+
+@pytest.mark.parametrize("name, plan", [
+    ("hc18_lowdata", "hc18_fetal_head.json"),
+    ("hippocampus_lowdata", "msd_hippocampus.json"),
+    ("breast_us_converged", "busi_breast_us_lesions.json"),
+    ("breast_us_cross_dataset_full", "busi_breast_us_lesions.json"),
+])
+def test_shipped_real_data_studies_train_every_run_on_their_data_sets_plan(name, plan, test_data):
+    """Issue 25: the full real-data studies adopt the plan, so no arm is cut off by a fixed epoch budget."""
+    from medtransfer.planning import load_plan
+
+    spec = load_study(STUDIES / f"{name}.yaml", data_root=str(test_data))
+    path = (STUDIES / "plans" / plan).resolve()
+    assert spec.settings["plan"] == str(path)
+    assert load_plan(path)["bundle_keys"]["augmentation"] == "nnunet"
+    runs = spec.expand()
+    assert runs and all(run.args.get("plan") == str(path) for run in runs)
+    planned_epochs = load_plan(path)["bundle_keys"]["max_epochs"]
+    # fine-tunes run to the plan's budget and early stopping; only pretrainings may set their own epochs
+    assert {run.max_epochs for run in runs if run.kind == "finetune"} == {planned_epochs}
+    assert "iterations_per_epoch" not in spec.settings and "max_epochs" not in spec.settings

@@ -138,7 +138,7 @@ def test_shipped_hc18_study_states_its_target_labels_and_is_refused_without(test
     for stage in content["pretraining"]:
         stage.pop("target_labels", None)
     with pytest.raises(LeakageError, match="'segmentation'"):
-        check_study_leakage(parse_study(content, data_root=root))
+        check_study_leakage(parse_study(content, base=STUDIES, data_root=root))  # its plan is relative to it
 
 
 def test_busbra_source_is_disjoint_from_busi_and_busi_on_itself_leaks(test_data, medtransfer_home):

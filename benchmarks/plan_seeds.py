@@ -39,6 +39,8 @@ def read_run(folder: Path) -> dict:
 
 
 def plot_curves(folders: list[Path], output: Path) -> None:
+    """Validation Dice against training iterations (so plans with other epoch lengths line up), one panel per
+    data set, one colour per fraction, one line style per plan; one legend entry per (fraction, plan) group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,17 +48,32 @@ def plot_curves(folders: list[Path], output: Path) -> None:
 
     records = [json.loads((folder / "run.json").read_text()) for folder in folders]
     manifests = sorted({(r.get("data") or {}).get("manifest") for r in records})
-    figure, axes = plt.subplots(1, len(manifests), figsize=(5.5 * len(manifests), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(manifests), figsize=(5.5 * len(manifests), 4.2), squeeze=False)
     for axis, manifest in zip(axes[0], manifests):
-        for record in (r for r in records if (r.get("data") or {}).get("manifest") == manifest):
-            history = record.get("val_history") or []
-            config, converged = record["config"], (record.get("converged") or {}).get("value")
-            axis.plot([h["epoch"] for h in history], [h["val_dice"] for h in history], lw=1.2,
-                      label=f"f{config.get('fraction')} seed {config.get('seed')}: test {record['metrics']['mean_dice']:.3f}"
-                            f"{'' if converged else ' (not converged)'}")
-        axis.set(title=f"{manifest} (planned, scratch)", xlabel="epoch", ylabel="validation Dice", ylim=(0, 1))
+        members = [r for r in records if (r.get("data") or {}).get("manifest") == manifest]
+        fractions = sorted({float(r["config"].get("fraction")) for r in members})
+        plans = sorted({str((r.get("plan") or {}).get("sha256", ""))[:12] for r in members})
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for record in members:
+            groups[(float(record["config"].get("fraction")), str((record.get("plan") or {}).get("sha256", ""))[:12])
+                   ].append(record)
+        for (fraction, plan), group in sorted(groups.items()):
+            colour = plt.cm.viridis(0.85 * fractions.index(fraction) / max(1, len(fractions) - 1))
+            style = ("-", "--", ":")[plans.index(plan) % 3]
+            for i, record in enumerate(group):
+                history = record.get("val_history") or []
+                per_epoch = int(record["config"].get("iterations_per_epoch") or 1)
+                dice = [r["metrics"]["mean_dice"] for r in group]
+                unconverged = sum(not (r.get("converged") or {}).get("value") for r in group)
+                label = None if i else (f"fraction {fraction:g}{f', plan {plan}' if len(plans) > 1 else ''}: "
+                                        f"{len(group)} seed(s), test {statistics.fmean(dice):.3f}"
+                                        f"{f', {unconverged} not converged' if unconverged else ''}")
+                axis.plot([h["epoch"] * per_epoch for h in history], [h["val_dice"] for h in history], lw=1.0,
+                          color=colour, ls=style, alpha=0.85, label=label)
+        axis.set(title=f"{manifest} (planned, scratch)", xlabel="training iterations", ylabel="validation Dice",
+                 ylim=(0, 1))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8, loc="lower right")
+        axis.legend(fontsize=7.5, loc="lower right")
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=110)

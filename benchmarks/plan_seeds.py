@@ -60,14 +60,15 @@ def plot_curves(folders: list[Path], output: Path) -> None:
         for (fraction, plan), group in sorted(groups.items()):
             colour = plt.cm.viridis(0.85 * fractions.index(fraction) / max(1, len(fractions) - 1))
             style = ("-", "--", ":")[plans.index(plan) % 3]
+            dice = [r["metrics"]["mean_dice"] for r in group]
+            unconverged = sum(not (r.get("converged") or {}).get("value") for r in group)
+            group_label = (f"fraction {fraction:g}{f', plan {plan}' if len(plans) > 1 else ''}: "
+                           f"{len(group)} seed(s), test {statistics.fmean(dice):.3f}"
+                           f"{f', {unconverged} not converged' if unconverged else ''}")
             for i, record in enumerate(group):
                 history = record.get("val_history") or []
                 per_epoch = int(record["config"].get("iterations_per_epoch") or 1)
-                dice = [r["metrics"]["mean_dice"] for r in group]
-                unconverged = sum(not (r.get("converged") or {}).get("value") for r in group)
-                label = None if i else (f"fraction {fraction:g}{f', plan {plan}' if len(plans) > 1 else ''}: "
-                                        f"{len(group)} seed(s), test {statistics.fmean(dice):.3f}"
-                                        f"{f', {unconverged} not converged' if unconverged else ''}")
+                label = None if i else group_label
                 axis.plot([h["epoch"] * per_epoch for h in history], [h["val_dice"] for h in history], lw=1.0,
                           color=colour, ls=style, alpha=0.85, label=label)
         axis.set(title=f"{manifest} (planned, scratch)", xlabel="training iterations", ylabel="validation Dice",

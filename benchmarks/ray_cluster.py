@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from medtransfer.study.folder import mean_dice_by_run  # noqa: E402
+
 HEAD = {"num_cpus": 0, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                            "health_check_initial_delay_ms": 0}}
@@ -76,8 +78,6 @@ def placement(work: Path) -> dict:
     finally:
         stop_cluster(cluster)
     status = json.loads((work / "ray" / "status.json").read_text())
-    from tests.study.conftest import mean_dice_by_run
-
     local_dice, ray_dice = mean_dice_by_run(work / "local"), mean_dice_by_run(work / "ray")
     return {
         "local_seconds": round(local_seconds, 1), "ray_seconds": round(ray_seconds, 1),

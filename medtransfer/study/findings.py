@@ -28,8 +28,14 @@ Verdicts, in this order: "inconclusive: runs not converged" when a run of an arm
 `converged.value`, as the report counts it per arm) it did not converge; "reproduces" when the Holm p < alpha and
 the estimate is on the claimed side; "contradicted" when the Holm p < alpha on the other side, or, for a claimed
 effect size (claims 1, 3, 5, 6), when the 95 % interval excludes it (the data rule out an effect as large as
-stated), or for claim 2 when the 90 % interval lies wholly outside the margin; otherwise "inconclusive at this
-power". Claim 6's checkpoint fine-tunes are not in the convergence count (the report does not count them).
+stated), or for claim 2 when the 90 % interval lies wholly outside the margin; otherwise inconclusive, split by
+the test's power for the stated effect: "inconclusive at this power" (underpowered: power < POWER_GOAL, or no sd
+to size it by; the power column says how much it had and how many seeds 0.8 needs) or "inconclusive, though
+powered" (power ≥ POWER_GOAL: the study was large enough to see the stated effect, did not see it, and its interval
+still holds both no effect and the stated one, so more seeds of the same design are not what it lacks; the
+estimate and its interval say how large an effect the data leave possible). Power here is the design's power at
+the sd the study measured, never "observed power" from the estimate. Claim 6's checkpoint fine-tunes are not in
+the convergence count (the report does not count them).
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ from medtransfer.study.spec import NO_SOURCE
 REPRODUCES = "reproduces"
 CONTRADICTED = "contradicted"
 UNDERPOWERED = "inconclusive at this power"
+POWERED_NULL = "inconclusive, though powered"
 NOT_CONVERGED = "inconclusive: runs not converged"
-VERDICTS = (REPRODUCES, CONTRADICTED, UNDERPOWERED, NOT_CONVERGED)
+VERDICTS = (REPRODUCES, CONTRADICTED, UNDERPOWERED, POWERED_NULL, NOT_CONVERGED)
+POWER_GOAL = 0.8  # a claim's test is "powered" when its power for the stated effect reaches this
 NOT_MEASURED = "not measured by this study"
 ALPHA = 0.05
 EFFECT = 0.03  # Dice: the issue's stated difference for "encoder > scratch at 0.05"
@@ -235,7 +243,7 @@ def verdict(row: dict, alpha: float = ALPHA) -> str:
             return REPRODUCES
         margin, low, high = row["stated_effect"], row["ci_low"], row["ci_high"]
         outside = low is not None and (low > margin or high < -margin)
-        return CONTRADICTED if outside else UNDERPOWERED
+        return CONTRADICTED if outside else _inconclusive(row)
     side = row["side"]
     # claim 4's estimate is the ratio; its test is of ratio − 0.9 (the sign of the test's quantity)
     signed = (row["estimate"] - RATIO) if row["kind"] == "ratio" else row["estimate"]
@@ -246,7 +254,12 @@ def verdict(row: dict, alpha: float = ALPHA) -> str:
         claimed_end = row["ci_high"] if side > 0 else row["ci_low"]
         if (claimed_end < stated) if side > 0 else (claimed_end > stated):
             return CONTRADICTED
-    return UNDERPOWERED
+    return _inconclusive(row)
+
+
+def _inconclusive(row: dict) -> str:
+    powered = row["power"] is not None and row["power"] >= POWER_GOAL
+    return POWERED_NULL if powered else UNDERPOWERED
 
 
 # Markdown ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,17 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def mean_dice_by_run(study_dir: str | Path) -> dict[str, float]:
+    """Each finished fine-tune's mean test Dice (its run.json), by run id: what two engines running one study must
+    agree on (the Ray engine's equality test and `benchmarks/ray_cluster.py`)."""
+    out = {}
+    for folder in sorted((Path(study_dir) / RUNS).iterdir()):
+        record = read_json(folder / "run.json") if folder.name.startswith("ft-") else None
+        if record and (record.get("metrics") or {}).get("mean_dice") is not None:
+            out[folder.name] = float(record["metrics"]["mean_dice"])
+    return out
+
+
 def finished_record(run: Run, folder: Path) -> dict | None:
     """run.json of a finished run whose weights match their recorded sha256; None otherwise."""
     return RunFolder(folder).finished(run.kind)

@@ -1,6 +1,5 @@
 """Study test helpers: small study files and a fake bundle command (no training) for runner tests."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -23,12 +22,6 @@ def tiny_study(**changes) -> dict:
     }
     content.update(changes)
     return content
-
-
-def mean_dice_by_run(study_dir: Path) -> dict[str, float]:
-    """Each fine-tune's mean test Dice (run.json), by run id: what two engines running one study must agree on."""
-    return {folder.name: json.loads((folder / "run.json").read_text())["metrics"]["mean_dice"]
-            for folder in sorted((Path(study_dir) / "runs").iterdir()) if folder.name.startswith("ft-")}
 
 
 def write_study(folder: Path, content: dict, name: str = "study.yaml") -> Path:

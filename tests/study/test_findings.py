@@ -5,8 +5,8 @@ study report made by the fake bundle (no training)."""
 import numpy as np
 import pytest
 
-from medtransfer.study.findings import (CONTRADICTED, NOT_CONVERGED, NOT_MEASURED, REPRODUCES, UNDERPOWERED,
-                                        VERDICTS, findings, findings_markdown)
+from medtransfer.study.findings import (CONTRADICTED, NOT_CONVERGED, NOT_MEASURED, POWERED_NULL, REPRODUCES,
+                                        UNDERPOWERED, VERDICTS, _row, findings, findings_markdown, verdict)
 from medtransfer.study.report import study_file_label
 from medtransfer.study.runner import run_study
 from tests.study.conftest import fake_command, tiny_study, write_study
@@ -63,6 +63,24 @@ def test_three_noisy_seeds_are_inconclusive_at_this_power_with_the_power_they_ha
     underpowered = [n for n, row in rows.items() if row["verdict"] == UNDERPOWERED]
     assert underpowered == [1, 2, 3, 4, 5] and rows[6]["verdict"] == NOT_MEASURED
     assert all(rows[n]["power"] < 0.8 and rows[n]["seeds_needed"] > 3 for n in (1, 2, 3))
+
+
+def test_a_powered_test_that_shows_neither_the_effect_nor_its_absence_is_not_called_underpowered():
+    # the converged breast-US study's claim 1 (docs/results/breast_us_converged): +0.017 [−0.001, +0.035], Holm p
+    # 0.117, power 0.93 for +0.03 with 7 seeds: the interval holds both 0 and +0.03, and more seeds of a design
+    # that already had power 0.93 are not what it lacks
+    one = _row(1, "encoder > scratch", "Dippel", "none", estimate=0.017, ci_low=-0.001, ci_high=0.035, p=0.058,
+               p_holm=0.117, power=0.93, stated_effect=0.03, n_seeds=7)
+    assert verdict(one) == POWERED_NULL
+    assert verdict({**one, "power": 0.54}) == UNDERPOWERED and verdict({**one, "power": None}) == UNDERPOWERED
+    assert verdict({**one, "power": 0.80}) == POWERED_NULL  # the goal is "power ≥ 0.8"
+    assert verdict({**one, "ci_high": 0.029}) == CONTRADICTED  # the interval rules out +0.03: whatever the power
+    assert verdict({**one, "p_holm": 0.01}) == REPRODUCES
+    # equivalence (claim 2): TOST not significant, the 90 % interval straddles the margin
+    two = _row(2, "decoder = scratch", "Dippel", "none", kind="equivalence", side=0, stated_effect=0.03,
+               estimate=0.02, ci_low=0.005, ci_high=0.036, p=0.2, p_holm=0.4, power=0.85, n_seeds=7)
+    assert verdict(two) == POWERED_NULL and verdict({**two, "power": 0.6}) == UNDERPOWERED
+    assert verdict({**two, "ci_low": 0.031, "ci_high": 0.05}) == CONTRADICTED
 
 
 def test_unconverged_arms_make_their_claims_inconclusive_and_the_robustness_row_uses_spearman():

@@ -14,8 +14,9 @@ from ray.cluster_utils import Cluster
 
 from medtransfer.study.cli_commands import main as study_cli
 from medtransfer.study.cluster import read_attempts
+from medtransfer.study.folder import mean_dice_by_run
 from medtransfer.study.runner import run_study
-from tests.study.conftest import mean_dice_by_run, tiny_study, write_study
+from tests.study.conftest import tiny_study, write_study
 
 # the head schedules nothing (0 CPUs), so removing a worker node never takes the GCS or the driver with it;
 # a lost node is noticed after 3 missed health checks of 0.5 s (Ray's default is 5 of 3 s)

@@ -49,7 +49,7 @@ def register(commands) -> None:
     plan.add_argument("manifest", help="manifest name (data_manifests/) or path")
     plan.add_argument("--data-root", help="folder the manifest's paths are relative to (or MEDTRANSFER_DATA)")
     plan.add_argument("--output", "-o", help="plan file to write (default: plan.json)")
-    plan.add_argument("--minutes", type=float, help="wall-time budget of one run (default: 15 in 2D, 25 in 3D)")
+    plan.add_argument("--minutes", type=float, help="wall-time budget of one run (default: 20 in 2D, 25 in 3D)")
     plan.add_argument("--measure", action="store_true",
                       help="time a few training steps of the planned network here instead of the recorded constants")
     plan.add_argument("--device", default="cpu", help="cpu or cuda: the device the plan is sized for")

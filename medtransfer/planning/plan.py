@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from medtransfer.planning.fingerprint import PlanError, fingerprint
-from medtransfer.planning.rules import AUGMENTATION_OVERHEAD, RULES, plan_budget, plan_geometry
+from medtransfer.planning.rules import RULES, STEP_OVERHEAD, plan_budget, plan_geometry
 
 PLAN_FORMAT = "medtransfer-plan/1"
 # The bundle keys a plan sets, in the order a run prints them.
@@ -69,7 +69,7 @@ def make_plan(manifest, minutes: float | None = None, measure: bool = False, dev
     if measure:
         step = measure_step_seconds(data["dimensions"], data["channels"], geometry["patch_size"], geometry["filters"],
                                     budget["patches_per_step"])
-        step *= AUGMENTATION_OVERHEAD
+        step *= STEP_OVERHEAD[data["dimensions"]]
         budget = plan_budget(data, geometry, n_validation, minutes, step_seconds=step)
     bundle_keys = {
         "patch_size": geometry["patch_size"], "filters": geometry["filters"],

@@ -39,12 +39,16 @@ def read_json(path: Path) -> dict | None:
 
 def mean_dice_by_run(study_dir: str | Path) -> dict[str, float]:
     """Each finished fine-tune's mean test Dice (its run.json), by run id: what two engines running one study must
-    agree on (the Ray engine's equality test and `benchmarks/ray_cluster.py`)."""
+    agree on (the Ray engine's equality test and `benchmarks/ray_cluster.py`). A fine-tune folder without an
+    evaluated run.json is an error, not a run left out of the comparison."""
     out = {}
     for folder in sorted((Path(study_dir) / RUNS).iterdir()):
-        record = read_json(folder / "run.json") if folder.name.startswith("ft-") else None
-        if record and (record.get("metrics") or {}).get("mean_dice") is not None:
-            out[folder.name] = float(record["metrics"]["mean_dice"])
+        if not folder.name.startswith("ft-"):
+            continue
+        record = read_json(folder / "run.json") or {}
+        if (record.get("metrics") or {}).get("mean_dice") is None:
+            raise StudyError(f"{folder / 'run.json'}: no mean test Dice (missing, unreadable or not evaluated)")
+        out[folder.name] = float(record["metrics"]["mean_dice"])
     return out
 
 

@@ -20,11 +20,13 @@ What it does, each stage skipped when its output is already in the work folder (
    sliding-window validation of nnU-Net's training command is skipped (the comparison is on the test split);
 5. predicts the test split with `nnUNetv2_predict` (checkpoint_final, no mirroring unless `--tta`) and scores it
    with medtransfer's own `medtransfer.evaluation.metrics.case_metrics` (Dice per case, mean), the code that
-   scored every `--ours` run's `run.json["per_case"]`;
+   scored every `--ours` run's `run.json["per_case"]`. `--tta` is a prediction choice, not part of the work
+   folder's identity: run again with `--tta` on a finished folder and it predicts once more with nnU-Net's
+   mirroring into `predictions_test_tta/` and writes `side_by_side_tta.json`, leaving the plain result as it was;
 6. prints nnU-Net's plan (patch, spacing, batch, network) next to ours (`--ours-plan`, else the `plan` or
    configuration the `--ours` run recorded), both test Dice at their training wall time, nnU-Net's seconds per
    iteration and its projected time for the default schedule (1000 epochs × 250 + 50 validation iterations),
-   and writes `side_by_side.json` in the work folder.
+   and writes `side_by_side.json` (`side_by_side_tta.json` with `--tta`) in the work folder.
 """
 
 from __future__ import annotations
@@ -631,7 +633,8 @@ def report(result: dict) -> str:
     ]
     width = max(len(r[1]) for r in rows) + 2
     lines = [f"nnU-Net v2 {result['nnunet']['version']} ({nn['configuration']}) vs medtransfer on "
-             f"{result['manifest']} (test split, {len(result['nnunet']['dice'])} cases)",
+             f"{result['manifest']} (test split, {len(result['nnunet']['dice'])} cases"
+             f"{'; nnU-Net predicts with its mirroring' if result.get('tta') else ''})",
              f"{'':24}{'nnU-Net':{width}}medtransfer (plan: {result.get('our_plan_source') or '—'})"]
     lines += [f"{name:24}{left:{width}}{right}" for name, left, right in rows]
     lines += [
@@ -643,7 +646,8 @@ def report(result: dict) -> str:
         *(["PNG axes: nnU-Net reads (height, width), medtransfer (MONAI's PILReader) (width, height)"]
           if result.get("file_ending") == ".png" else []),
         f"other stages: preprocessing {_duration(result['seconds'].get('preprocess'))}, "
-        f"prediction {_duration(result['seconds'].get('predict'))}; load average at the end {result['load_average']}",
+        f"prediction {_duration(result['seconds'].get('predict_tta' if result.get('tta') else 'predict'))}"
+        f"{' (with mirroring)' if result.get('tta') else ''}; load average at the end {result['load_average']}",
     ]
     return "\n".join(lines)
 
@@ -667,6 +671,7 @@ def _check_workdir(workdir: Path, state: dict, overwrite: bool) -> None:
     path = workdir / STATE_NAME
     if path.is_file():
         previous = json.loads(path.read_text())
+        previous.pop("tta", None)  # folders written before --tta became a prediction-only choice
         if previous == state:
             return
         if not overwrite:
@@ -708,8 +713,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{manifest.name}_{args.configuration}_{args.minutes:g}min")
     state = {"manifest": manifest.name, "manifest_sha256_12": manifest_digest(manifest),
              "configuration": args.configuration, "minutes": args.minutes, "iterations": args.iterations,
-             "val_iterations": args.val_iterations, "dataset_id": args.dataset_id, "tta": args.tta,
-             "nnunetv2": NNUNET_VERSION}
+             "val_iterations": args.val_iterations, "dataset_id": args.dataset_id, "nnunetv2": NNUNET_VERSION}
     # ours first: a wrong --ours run or plan fails before nnU-Net spends its budget
     ours = [our_run(folder, manifest) for folder in args.ours]
     plan_ours, plan_source = our_plan(manifest, args.ours_plan, args.minutes)
@@ -750,20 +754,22 @@ def main(argv: list[str] | None = None) -> dict:
              "-device", "cpu"], logs / "train.log", "nnUNetv2_train", env)
     timing = json.loads((fold_dir / "medtransfer_timecap.json").read_text())
 
-    predictions = workdir / "predictions_test"
+    predictions = workdir / ("predictions_test_tta" if args.tta else "predictions_test")
     print(f"[5/5] predict the test split ({len(manifest.case_ids('test'))} cases) and score", flush=True)
     if not all((predictions / f"{i}{ending}").is_file() for i in manifest.case_ids("test")):
         command = [_command(args.venv, "nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(predictions),
                    "-d", str(args.dataset_id), "-c", args.configuration, "-f", "0", "-tr", TRAINER,
                    "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"]
-        seconds["predict"] = _run(command + ([] if args.tta else ["--disable_tta"]), logs / "predict.log",
-                                  "nnUNetv2_predict", env)
+        stage = "predict_tta" if args.tta else "predict"
+        seconds[stage] = _run(command + ([] if args.tta else ["--disable_tta"]), logs / f"{stage}.log",
+                              "nnUNetv2_predict", env)
     cases = score_predictions(manifest, raw, predictions, ending)
 
     result = {
         "manifest": manifest.name,
         "workdir": str(workdir),
         "file_ending": ending,
+        "tta": args.tta,
         "nnunet": {"version": version, "trainer": TRAINER, "plan": plan, "timing": timing,
                    "projection": projection(timing), "per_case": cases, "dice": [c["dice"] for c in cases],
                    "mean_dice": float(np.mean([c["dice"] for c in cases]))},
@@ -774,7 +780,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "cpu_count": os.cpu_count(),
     }
-    save_json(workdir / "side_by_side.json", result)
+    save_json(workdir / ("side_by_side_tta.json" if args.tta else "side_by_side.json"), result)
     print(report(result), flush=True)
     return result
 

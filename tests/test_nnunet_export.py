@@ -178,3 +178,20 @@ def test_report_puts_both_plans_and_both_dice_side_by_side(tmp_path):
     # 1000 × (250 × 9 s + 50 × 2 s) = 2 350 000 s = 27.2 days
     assert "9.00 s per training iteration" in text and "27.2 d (39.2 min per epoch)" in text
     assert "PNG axes: nnU-Net reads (height, width)" in text and "prediction 1.5 min" in text
+    # with --tta the same trained model is scored again: the report says so and times the mirrored prediction
+    mirrored = side.report({**result, "tta": True, "seconds": {"predict": 90.0, "predict_tta": 360.0}})
+    assert "nnU-Net predicts with its mirroring" in mirrored and "prediction 6.0 min (with mirroring)" in mirrored
+    assert "mirroring" not in text
+
+
+def test_tta_is_a_prediction_choice_not_another_work_folder(tmp_path):
+    state = {"manifest": "tiny", "manifest_sha256_12": "abc", "configuration": "2d", "minutes": 60.0,
+             "iterations": 25, "val_iterations": 5, "dataset_id": 901, "nnunetv2": "2.8.1"}
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / side.STATE_NAME).write_text(json.dumps({**state, "tta": False}))  # written before --tta moved
+    (folder / "nnUNet_results").mkdir()
+    side._check_workdir(folder, state, overwrite=False)  # the trained folder is reused, not refused
+    assert (folder / "nnUNet_results").is_dir()
+    with pytest.raises(side.BenchmarkError, match=r"another configuration \(differs in \['minutes'\]\)"):
+        side._check_workdir(folder, {**state, "minutes": 10.0}, overwrite=False)

@@ -12,22 +12,26 @@ import math
 
 from medtransfer.planning.fingerprint import PlanError
 
-# Measured on the 2-core development machine (bf16 autocast, 2026-12): a training step of DynUNet 16-256 costs
-# 0.26 s for 16 x 128^2 pixels (2D) and 1.7 s for 4 x 64^3 voxels (3D). A step is sized to that cost.
+# The network's training step (forward, Dice-CE, backward, Adam; bf16 autocast; 2 threads), re-measured on the 2-core
+# development machine on quiet cores (2026-12-07, `medtransfer.planning.plan.measure_step_seconds`, two rounds):
+# DynUNet 16-256 on 16 x 128^2 pixels 0.38 / 0.41 s, so 0.40 s (the 0.26 s this constant held before was stale:
+# with it the modelled step of the BUSI plan was 0.27 s where the planned network measures 0.47-0.52 s); 3D 4 x 64^3
+# voxels 1.7 s. A step is sized to STEP_VOXELS; its cost scales with its pixels and the square of the base width.
 STEP_VOXELS = {2: 16 * 128 * 128, 3: 4 * 64 * 64 * 64}
-STEP_SECONDS = {2: 0.26, 3: 1.7}
-# A whole training iteration costs more than the network's step: the data loader, the nnU-Net-strength augmentation
-# and the handlers share the same 2 cores. STEP_OVERHEAD is that ratio, measured end to end on planned runs with 2
-# threads on quiet cores ((wall - validation seconds) / iterations, over the network step modelled above):
-# 2D: HC18 (3 x 256 x 160) 0.288 s per iteration = 2.36x, BUSI (9 x 192 x 160) 0.565 s = 2.06x; their mean, 2.2x,
-# is taken. The first planner used 1.25x (the augmentation alone), so its "15-minute" BUSI plan took 35-42 min and
-# a "20-minute" one 31 min. 3D: 1.25x, not re-measured on quiet cores (Hippocampus on 1 thread beside other work:
-# 1.65x, an upper bound).
-STEP_OVERHEAD = {2: 2.2, 3: 1.25}
+STEP_SECONDS = {2: 0.40, 3: 1.7}
+# A whole training iteration against the network's step alone: the data loader, the nnU-Net-strength augmentation
+# and the handlers share the same 2 cores (num_workers 0; a worker process is slower here, 1.18x against 1.08x,
+# `benchmarks/input_pipeline.py`). Measured on BUSI's plan (9 x 192 x 160): augmentation 6.7 ms per image, 0.06 s
+# per step; the bundle's iteration 1.08x the step in-process, 1.15x end to end on a run ((wall - validation s) /
+# iterations = 0.565 s over 0.49 s); HC18's plan (3 x 256 x 160): 1.37x end to end (0.288 s over 0.21 s). 1.3x
+# models both within 15 %, on the modelled step above and on `plan --measure`'s measured one alike. (Last round's
+# 2.2x folded the stale step constant into this ratio, which made `plan --measure` plan half the iterations.)
+# 3D: 1.25x, not re-measured on quiet cores (Hippocampus on 1 thread beside other work: 1.65x, an upper bound).
+STEP_OVERHEAD = {2: 1.3, 3: 1.25}
 # Validation per voxel (sliding window at batch 1, post-processing, metrics) against a training step per voxel:
-# measured on BUSI (2026-12-07, plan 9 x 192 x 160): 0.47 s per step, 4.2 s per validation of 65 images, i.e.
-# validation runs at 0.65x a step's voxel rate (not the 3x a bare forward pass would suggest).
-INFERENCE_SPEEDUP = 0.65
+# BUSI (65 validation images) measured 2.7 s per validation on quiet cores (4.2 s under load) against 3.0 s
+# modelled at this rate, i.e. validation runs at about a training step's voxel rate.
+INFERENCE_SPEEDUP = 1.0
 MAX_PATCH_EDGE = {2: 256, 3: 128}  # CPU cap per axis (nnU-Net caps by GPU memory instead)
 MAX_POOLS = 5  # nnU-Net v2: at most 5 poolings on these patch sizes (6 levels)
 MIN_BOTTLENECK_EDGE = 4  # nnU-Net v2 `featuremap_min_edge_length`

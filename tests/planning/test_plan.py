@@ -52,6 +52,13 @@ def test_busi_like_geometry_follows_nnunet_rules():
     doubled = plan_budget(BUSI_LIKE, geometry, n_validation=65, minutes=30)
     assert abs(doubled["iterations"] - 2 * budget["iterations"]) <= budget["iterations_per_epoch"]
     assert budget["early_stop_min_epochs"] == int(np.ceil(0.3 * budget["max_epochs"]))
+    # the modelled iteration matches what a planned BUSI run measured end to end on quiet cores, 2 threads
+    # ((wall - validation s) / iterations = 0.565 s): the planner's minutes are wall minutes
+    assert abs(budget["step_seconds"] - 0.565) / 0.565 < 0.15
+    # and plan --measure's path: a measured network step (0.49 s for this plan) times the same overhead
+    from medtransfer.planning.rules import STEP_OVERHEAD
+    measured = plan_budget(BUSI_LIKE, geometry, n_validation=65, minutes=15, step_seconds=0.49 * STEP_OVERHEAD[2])
+    assert abs(measured["step_seconds"] - 0.565) / 0.565 < 0.15
 
 
 def test_heterogeneous_spacing_resamples_to_the_median_and_an_object_too_large_is_refused():

@@ -15,10 +15,12 @@ from medtransfer.planning.fingerprint import PlanError
 # The network's training step (forward, Dice-CE, backward, Adam; bf16 autocast; 2 threads), re-measured on the 2-core
 # development machine on quiet cores (2026-12-07, `medtransfer.planning.plan.measure_step_seconds`, two rounds):
 # DynUNet 16-256 on 16 x 128^2 pixels 0.38 / 0.41 s, so 0.40 s (the 0.26 s this constant held before was stale:
-# with it the modelled step of the BUSI plan was 0.27 s where the planned network measures 0.47-0.52 s); 3D 4 x 64^3
-# voxels 1.7 s. A step is sized to STEP_VOXELS; its cost scales with its pixels and the square of the base width.
+# with it the modelled step of the BUSI plan was 0.27 s where the planned network measures 0.47-0.52 s); 3D: DynUNet
+# 16-128 on 4 x 64^3 voxels 2.39 / 2.45 s, so 2.4 s (it held 1.7 s: Hippocampus's planned run took 1.43 s per
+# iteration, 1 thread beside other work, where 1.7 s modelled 1.08 s; 2.4 s models 1.53 s). A step is sized to
+# STEP_VOXELS; its cost scales with its voxels and the square of the base width.
 STEP_VOXELS = {2: 16 * 128 * 128, 3: 4 * 64 * 64 * 64}
-STEP_SECONDS = {2: 0.40, 3: 1.7}
+STEP_SECONDS = {2: 0.40, 3: 2.4}
 # A whole training iteration against the network's step alone: the data loader, the nnU-Net-strength augmentation
 # and the handlers share the same 2 cores (num_workers 0; a worker process is slower here, 1.18x against 1.08x,
 # `benchmarks/input_pipeline.py`). Measured on BUSI's plan (9 x 192 x 160): augmentation 6.7 ms per image, 0.06 s

@@ -51,11 +51,12 @@ def test_converged_study_runs_its_key_cells_on_the_busi_plan_with_seeds_sized_by
 
     spec = load_study(STUDIES / "breast_us_converged.yaml", data_root=str(test_data))
     runs = spec.expand()
-    assert Counter(run.kind for run in runs) == {"pretrain": 1, "finetune": 21}
+    assert Counter(run.kind for run in runs) == {"pretrain": 1, "finetune": 28}
     plan = STUDIES / "plans" / "busi_breast_us_lesions.json"
     assert spec.settings["plan"] == str(plan.resolve())  # relative to the study file
     tunes = [run for run in runs if run.kind == "finetune"]
-    assert {(run.strategy, run.fraction) for run in tunes} == {(s, 0.05) for s in ("scratch", "encoder", "decoder")}
+    assert {(run.strategy, run.fraction) for run in tunes} == {
+        (s, 0.05) for s in ("scratch", "encoder", "decoder", "random_encoder_frozen")}
     seeds = len({run.seed for run in tunes})
     sd = sd_diff_from_run_sd(spec.power["run_sd"])
     # the numbers the file's comment states

@@ -5,11 +5,12 @@ step alone, and the bundle's whole iteration at each `num_workers`, in one proce
         --data-manifest busi_breast_us_lesions --data-root ../shared/data/busi_breast_us_lesions \\
         [--steps 24] [--workers 0 1] [--images 24] [--threads 2] [--json out.json]
 
-The planner's `rules.STEP_OVERHEAD` is the ratio *bundle iteration / network step* measured end to end on
-finished runs (2.06x BUSI, 2.36x HC18 at num_workers 0). This script splits that ratio into its parts:
+The planner models an iteration as the network's step (`rules.STEP_SECONDS`, or `plan --measure`) times
+`rules.STEP_OVERHEAD`. This script splits a planned iteration into its parts, so that each factor is measured
+on its own (2026-12-07, BUSI plan, quiet cores: augmentation 0.06 s, network 0.52 s, bundle 1.08x the step):
 
 - per augmentation transform: milliseconds per source image, as the chain uses it (each transform at its own
-  probability, so a p 0.1 transform costs a tenth of its call), median over `--images` training images x 3
+  probability, so a p 0.1 transform costs a tenth of its call), mean over `--images` training images x 3
   passes; and the whole chain's seconds per training step (x batch_size images);
 - the network's step alone: forward + backward + Adam on one fixed batch of the plan's shape, at the run's
   precision (no data loading);

@@ -9,9 +9,10 @@ The planner models an iteration as the network's step (`rules.STEP_SECONDS`, or 
 `rules.STEP_OVERHEAD`. This script splits a planned iteration into its parts, so that each factor is measured
 on its own (2026-12-07, BUSI plan, quiet cores: augmentation 0.06 s, network 0.52 s, bundle 1.08x the step):
 
-- per augmentation transform: milliseconds per source image, as the chain uses it (each transform at its own
-  probability, so a p 0.1 transform costs a tenth of its call), mean over `--images` training images x 3
-  passes; and the whole chain's seconds per training step (x batch_size images);
+- per transform that runs at every iteration (the bundle's `train#preprocessing` from its first random transform
+  on; the part before it is cached once): milliseconds per source image, as the chain uses it (each transform at
+  its own probability, so a p 0.1 transform costs a tenth of its call), mean over `--images` training images x 3
+  passes; and those transforms' seconds per training step (x batch_size images);
 - the network's step alone: forward + backward + Adam on one fixed batch of the plan's shape, at the run's
   precision (no data loading);
 - the bundle's trainer (SupervisedTrainer + medtransfer handlers, validation off): median s/step and the share
@@ -33,46 +34,45 @@ from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss
+from monai.transforms import Randomizable
 from monai.utils import set_determinism
 
 from _common import workflow
-from medtransfer.data.transforms import augmentation_transforms, load_transforms
 from medtransfer.planning.plan import load_plan
 from medtransfer.training.precision import resolve_precision
 from throughput import bundle_steps
 
 
-def chain_costs(flow, plan_keys: dict, images: int, passes: int = 3) -> tuple[list[dict], float]:
-    """Milliseconds per source image of each augmentation transform (as used: at its probability)."""
+def chain_costs(flow, images: int, passes: int = 3) -> tuple[list[dict], float]:
+    """Milliseconds per source image of each per-iteration transform (as used: at its probability).
+
+    The chain is the bundle's own `train#preprocessing`, split where its CacheDataset splits it: everything before
+    the first random transform is cached once, the rest runs at every iteration and is timed here."""
+    chain = list(flow.parser.get_parsed_content("train#preprocessing").transforms)
+    first_random = next(i for i, t in enumerate(chain) if isinstance(t, Randomizable))
+    cached, per_iteration = chain[:first_random], chain[first_random:]
     manifest = flow.parser.get_parsed_content("manifest")
-    dims = flow.parser["spatial_dims"]
-    loader = load_transforms(dims, manifest.label_map, manifest.target_spacing, channels=manifest.channels)
-    cases = manifest.datalist("training", 1.0)[:images]
     loaded = []
-    for case in cases:
+    for case in manifest.datalist("training", 1.0)[:images]:
         item = dict(case)
-        for transform in loader:
+        for transform in cached:
             item = transform(item)
         loaded.append(item)
-    chain = augmentation_transforms(plan_keys["patch_size"], plan_keys.get("num_samples", 2),
-                                    plan_keys.get("augmentation", "light"))
-    for index, transform in enumerate(chain):
+    for index, transform in enumerate(per_iteration):
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=index)
-    per_transform = [[] for _ in chain]
+    per_transform = [[] for _ in per_iteration]
     for _ in range(passes):
         for item in loaded:
             data = copy.deepcopy(item)
-            for index, transform in enumerate(chain):
+            for index, transform in enumerate(per_iteration):
                 start = time.perf_counter()
                 data = [transform(d) for d in data] if isinstance(data, list) else transform(data)
                 per_transform[index].append(time.perf_counter() - start)
-    rows = []
-    for transform, times in zip(chain, per_transform):
-        rows.append({"transform": type(transform).__name__, "p": getattr(transform, "prob", 1.0),
-                     "ms_per_image": round(1000 * statistics.mean(times), 2)})
-    per_image = sum(statistics.mean(t) for t in per_transform)
-    return rows, per_image
+    rows = [{"transform": type(transform).__name__, "p": getattr(transform, "prob", 1.0),
+             "ms_per_image": round(1000 * statistics.mean(times), 2)}
+            for transform, times in zip(per_iteration, per_transform)]
+    return rows, sum(statistics.mean(t) for t in per_transform)
 
 
 def network_step(flow, precision, steps: int) -> float:
@@ -126,7 +126,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as output:
             flow = workflow(dims, output_dir=output, num_workers=num_workers, **settings)
             if round_index == 0:
-                rows, per_image = chain_costs(flow, keys, args.images)
+                rows, per_image = chain_costs(flow, args.images)
                 results["transforms"] = rows
                 results["augmentation_s_per_step"] = round(per_image * keys["batch_size"], 4)
                 step, shape = network_step(flow, precision, args.steps)

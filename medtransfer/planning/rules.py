@@ -23,7 +23,7 @@ STEP_VOXELS = {2: 16 * 128 * 128, 3: 4 * 64 * 64 * 64}
 STEP_SECONDS = {2: 0.40, 3: 2.4}
 # A whole training iteration against the network's step alone: the data loader, the nnU-Net-strength augmentation
 # and the handlers share the same 2 cores (num_workers 0; a worker process is slower here, 1.18x against 1.08x,
-# `benchmarks/input_pipeline.py`). Measured on BUSI's plan (9 x 192 x 160): augmentation 6.7 ms per image, 0.06 s
+# `benchmarks/input_pipeline.py`). Measured on BUSI's plan (9 x 192 x 160): augmentation 6.0 ms per image, 0.05 s
 # per step; the bundle's iteration 1.08x the step in-process, 1.15x end to end on a run ((wall - validation s) /
 # iterations = 0.565 s over 0.49 s); HC18's plan (3 x 256 x 160): 1.37x end to end (0.288 s over 0.21 s). 1.3x
 # models both within 15 %, on the modelled step above and on `plan --measure`'s measured one alike. (Last round's

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from medtransfer.planning.fingerprint import PlanError, fingerprint
-from medtransfer.planning.rules import RULES, STEP_OVERHEAD, plan_budget, plan_geometry
+from medtransfer.planning.rules import CONSTANTS_MEASURED_WITH, RULES, STEP_OVERHEAD, plan_budget, plan_geometry
 
 PLAN_FORMAT = "medtransfer-plan/1"
 # The bundle keys a plan sets, in the order a run prints them.
@@ -58,6 +58,18 @@ def measure_step_seconds(dimensions: int, channels: int, patch_size: list[int], 
     return float(statistics.median(times[1:]))
 
 
+def constants_do_not_apply(device: str, precision=None) -> str | None:
+    """Why the recorded step constants (rules.CONSTANTS_MEASURED_WITH) do not describe `device` on this machine,
+    or None where they do. `precision`: the PrecisionChoice `auto` makes here (default: detected)."""
+    from medtransfer.training.precision import resolve_precision
+
+    choice = precision or resolve_precision("auto", device, announce=False)
+    if (choice.device_type, choice.name) == CONSTANTS_MEASURED_WITH:
+        return None
+    return (f"the step constants were measured on a CPU training in bf16; this {choice.device_type} trains in "
+            f"{choice.name} ({choice.reason})")
+
+
 def make_plan(manifest, minutes: float | None = None, measure: bool = False, device: str = "cpu",
               workers: int = 0) -> dict:
     """Fingerprint `manifest`'s training split and plan a training for it (see medtransfer.planning.rules)."""
@@ -66,11 +78,17 @@ def make_plan(manifest, minutes: float | None = None, measure: bool = False, dev
     geometry = plan_geometry(data, manifest.target_spacing, device)
     n_validation = len(manifest.case_ids("validation"))
     budget = plan_budget(data, geometry, n_validation, minutes)
-    if measure:
+    unlike = None if measure else constants_do_not_apply(device)
+    if measure or unlike:
+        if unlike:
+            print(f"medtransfer plan: {unlike}: timing the planned network on this machine (as plan --measure)",
+                  flush=True)
         step = measure_step_seconds(data["dimensions"], data["channels"], geometry["patch_size"], geometry["filters"],
                                     budget["patches_per_step"])
         step *= STEP_OVERHEAD[data["dimensions"]]
         budget = plan_budget(data, geometry, n_validation, minutes, step_seconds=step)
+        if unlike:
+            budget["step_seconds_source"] = f"measured ({unlike})"
     bundle_keys = {
         "patch_size": geometry["patch_size"], "filters": geometry["filters"],
         "batch_size": budget["batch_size"], "num_samples": budget["num_samples"],

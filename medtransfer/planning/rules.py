@@ -20,6 +20,11 @@ from medtransfer.planning.fingerprint import PlanError
 # iteration, 1 thread beside other work, where 1.7 s modelled 1.08 s; 2.4 s models 1.53 s). A step is sized to
 # STEP_VOXELS; its cost scales with its voxels and the square of the base width.
 STEP_VOXELS = {2: 16 * 128 * 128, 3: 4 * 64 * 64 * 64}
+# What the constants were measured with: a CPU that trains in bf16 (`precision: auto` there). On any other machine
+# (a CPU without native bf16 trains in fp32; a GPU) they do not hold, and make_plan times the planned network
+# instead: the 2-core AMD EPYC of 2026-12-08 (AVX, no AVX2, no bf16) took 1.58 s for BUSI's planned step, 3.2x
+# the 0.49 s these constants describe, so a modelled "20-minute" plan would have run for over an hour there.
+CONSTANTS_MEASURED_WITH = ("cpu", "bf16")
 STEP_SECONDS = {2: 0.40, 3: 2.4}
 # A whole training iteration against the network's step alone: the data loader, the nnU-Net-strength augmentation
 # and the handlers share the same 2 cores (num_workers 0; a worker process is slower here, 1.18x against 1.08x,
@@ -120,8 +125,11 @@ def plan_budget(fingerprint: dict, geometry: dict, n_validation: int, minutes: f
     modelled = STEP_SECONDS[dims] * patches * patch_voxels / STEP_VOXELS[dims] * width_cost * STEP_OVERHEAD[dims]
     step = float(step_seconds) if step_seconds else modelled
     minutes = float(minutes or DEFAULT_MINUTES[dims])
+    # a measured step says how much faster or slower this machine is than the constants' one; validation is
+    # convolution work too, so it scales by the same factor
+    machine = step / modelled
     validation_seconds = n_validation * image_voxels / STEP_VOXELS[dims] * STEP_SECONDS[dims] * width_cost \
-        / INFERENCE_SPEEDUP
+        / INFERENCE_SPEEDUP * machine
     per_epoch = math.ceil(validation_seconds / (VALIDATION_SHARE * step))
     per_epoch = int(min(ITERATIONS_PER_EPOCH[1], max(ITERATIONS_PER_EPOCH[0], per_epoch)))
     iterations = int(minutes * 60 * (1 - VALIDATION_SHARE) / step)
@@ -129,7 +137,7 @@ def plan_budget(fingerprint: dict, geometry: dict, n_validation: int, minutes: f
     return {
         "batch_size": images_per_step, "num_samples": num_samples, "patches_per_step": patches,
         "step_seconds": round(step, 4), "step_seconds_source": "measured (plan --measure)" if step_seconds
-        else "modelled from the measured constants", "minutes": minutes,
+        else "modelled from the measured constants", "machine_factor": round(machine, 3), "minutes": minutes,
         "iterations_per_epoch": per_epoch, "max_epochs": max_epochs, "iterations": per_epoch * max_epochs,
         "validation_seconds_estimate": round(validation_seconds, 2),
         "early_stop_min_epochs": max(5, math.ceil(0.3 * max_epochs)),

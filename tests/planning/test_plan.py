@@ -59,6 +59,13 @@ def test_busi_like_geometry_follows_nnunet_rules():
     from medtransfer.planning.rules import STEP_OVERHEAD
     measured = plan_budget(BUSI_LIKE, geometry, n_validation=65, minutes=15, step_seconds=0.49 * STEP_OVERHEAD[2])
     assert abs(measured["step_seconds"] - 0.565) / 0.565 < 0.15
+    # a machine 3x slower (measured): validation is convolution work too, so it scales alike and keeps its share
+    # (and three times the minutes buy the same iterations)
+    slow = plan_budget(BUSI_LIKE, geometry, n_validation=65, minutes=45, step_seconds=3 * budget["step_seconds"])
+    assert slow["machine_factor"] == pytest.approx(3, rel=1e-3) and budget["machine_factor"] == 1
+    assert slow["validation_seconds_estimate"] == pytest.approx(3 * budget["validation_seconds_estimate"], abs=0.02)
+    assert slow["iterations_per_epoch"] == budget["iterations_per_epoch"]
+    assert abs(slow["iterations"] - budget["iterations"]) <= budget["iterations_per_epoch"]
 
 
 def test_heterogeneous_spacing_resamples_to_the_median_and_an_object_too_large_is_refused():
@@ -103,6 +110,35 @@ def test_plan_of_a_real_folder_and_the_bundle_keys_a_run_takes(tmp_path, capsys)
     raw = {"max_epochs": "$@planned.value('max_epochs', 30)"}
     assert static_value(raw, "max_epochs") == 30
     assert static_value({**raw, "plan": str(path)}, "max_epochs") == plan["bundle_keys"]["max_epochs"]
+
+
+def test_a_machine_unlike_the_constants_one_is_timed_not_modelled(tmp_path, monkeypatch, capsys):
+    """The step constants were measured on a CPU that trains in bf16; on a CPU without it (fp32, 3.2x slower on the
+    planned BUSI step) or a GPU, make_plan times the planned network itself, and the plan says why."""
+    from medtransfer.planning import plan as planning
+    from medtransfer.planning.rules import STEP_OVERHEAD
+    from medtransfer.training import precision
+    from medtransfer.training.precision import PrecisionChoice
+
+    manifest = _folder(tmp_path)
+    timed = []
+    monkeypatch.setattr(planning, "measure_step_seconds", lambda *args, **kwargs: timed.append(args) or 0.05)
+    choice = {"now": PrecisionChoice("auto", "bf16", "cpu", "CPU with native bf16")}
+    monkeypatch.setattr(precision, "resolve_precision", lambda *args, **kwargs: choice["now"])
+    modelled = planning.make_plan(manifest, minutes=5)
+    assert timed == [] and modelled["plan"]["step_seconds_source"] == "modelled from the measured constants"
+    choice["now"] = PrecisionChoice("auto", "fp32", "cpu", "CPU without native bf16")
+    measured = planning.make_plan(manifest, minutes=5)
+    assert len(timed) == 1 and timed[0][3] == measured["plan"]["filters"]
+    assert measured["plan"]["step_seconds"] == round(0.05 * STEP_OVERHEAD[2], 4)
+    assert measured["plan"]["step_seconds_source"] == (
+        "measured (the step constants were measured on a CPU training in bf16; this cpu trains in fp32 "
+        "(CPU without native bf16))")
+    assert "timing the planned network on this machine (as plan --measure)" in capsys.readouterr().out
+    # asked for, it measures whatever the machine
+    choice["now"] = PrecisionChoice("auto", "bf16", "cpu", "CPU with native bf16")
+    assert planning.make_plan(manifest, minutes=5, measure=True)["plan"]["step_seconds_source"] == \
+        "measured (plan --measure)" and len(timed) == 2
 
 
 def test_no_foreground_and_bad_plan_files_are_named(tmp_path):

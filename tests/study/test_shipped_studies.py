@@ -33,17 +33,20 @@ def test_cross_dataset_study_pretrains_on_busbra_and_fine_tunes_on_busi(name, fi
                                               "random_encoder_frozen"}
 
 
-def test_wide_random_frozen_control_differs_from_the_cross_dataset_study_in_width_only(test_data):
-    """The width comparison of random_encoder_frozen is fair only if nothing but `filters` differs."""
-    narrow = load_study(STUDIES / "breast_us_cross_dataset.yaml", data_root=str(test_data))
+def test_wide_random_frozen_control_differs_from_the_converged_study_in_width_only(test_data):
+    """Claim 4 at a second width is fair only if nothing but `filters` differs from the converged study's arms."""
+    plan_width = load_study(STUDIES / "breast_us_converged.yaml", data_root=str(test_data))
     wide = load_study(STUDIES / "breast_us_random_frozen_wide.yaml", data_root=str(test_data))
-    assert wide.target.digest == narrow.target.digest and wide.finetune_settings == narrow.finetune_settings
-    assert {k: v for k, v in wide.settings.items() if k != "filters"} == \
-        {k: v for k, v in narrow.settings.items() if k != "filters"}
-    assert narrow.settings["filters"] == [16, 32, 64, 128] and wide.settings["filters"] == [32, 64, 128, 256]
+    assert wide.target.digest == plan_width.target.digest and wide.finetune_settings == plan_width.finetune_settings
+    assert {k: v for k, v in wide.settings.items() if k != "filters"} == plan_width.settings  # the plan included
+    from medtransfer.planning import load_plan
+
+    planned = load_plan(plan_width.settings["plan"])["bundle_keys"]["filters"]
+    assert "filters" not in plan_width.settings and wide.settings["filters"] == [2 * f for f in planned]
     runs = wide.expand()
-    assert {(run.strategy, run.fraction) for run in runs} == {(s, 0.25) for s in ("scratch", "random_encoder_frozen")}
-    assert len(runs) == 6 and set(narrow.seeds) == {run.seed for run in runs}
+    assert {(run.kind, run.strategy, run.fraction) for run in runs} == {
+        ("finetune", s, 0.05) for s in ("scratch", "random_encoder_frozen")}
+    assert len(runs) == 14 and set(plan_width.seeds) == {run.seed for run in runs} == set(range(7))
 
 
 def test_converged_study_runs_its_key_cells_on_the_busi_plan_with_seeds_sized_by_power(test_data):

@@ -33,16 +33,17 @@ def test_cross_dataset_study_pretrains_on_busbra_and_fine_tunes_on_busi(name, fi
                                               "random_encoder_frozen"}
 
 
-def test_wide_random_frozen_control_differs_from_the_converged_study_in_width_only(test_data):
-    """Claim 4 at a second width is fair only if nothing but `filters` differs from the converged study's arms."""
+@pytest.mark.parametrize("name, scale", [("breast_us_random_frozen_wide", 2.0), ("breast_us_random_frozen_narrow", 0.5)])
+def test_random_frozen_at_other_widths_differs_from_the_converged_study_in_width_only(name, scale, test_data):
+    """Claim 4 at another width is fair only if nothing but `filters` differs from the converged study's arms."""
     plan_width = load_study(STUDIES / "breast_us_converged.yaml", data_root=str(test_data))
-    wide = load_study(STUDIES / "breast_us_random_frozen_wide.yaml", data_root=str(test_data))
+    wide = load_study(STUDIES / f"{name}.yaml", data_root=str(test_data))
     assert wide.target.digest == plan_width.target.digest and wide.finetune_settings == plan_width.finetune_settings
     assert {k: v for k, v in wide.settings.items() if k != "filters"} == plan_width.settings  # the plan included
     from medtransfer.planning import load_plan
 
     planned = load_plan(plan_width.settings["plan"])["bundle_keys"]["filters"]
-    assert "filters" not in plan_width.settings and wide.settings["filters"] == [2 * f for f in planned]
+    assert "filters" not in plan_width.settings and wide.settings["filters"] == [int(scale * f) for f in planned]
     runs = wide.expand()
     assert {(run.kind, run.strategy, run.fraction) for run in runs} == {
         ("finetune", s, 0.05) for s in ("scratch", "random_encoder_frozen")}

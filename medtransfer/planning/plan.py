@@ -12,6 +12,7 @@ import ast
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -70,6 +71,15 @@ def constants_do_not_apply(device: str, precision=None) -> str | None:
             f"{choice.name} ({choice.reason})")
 
 
+def _busy(device: str) -> str | None:
+    """Why a step timed now would be slow: other processes on the CPU (1-minute load average at or above half its
+    cores; a training of one's own uses them all), else None. A GPU's step is not judged by the CPU's load."""
+    if str(device).startswith("cuda"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    return f"the CPU was busy (load average {load:.1f} on {cores} cores)" if load >= 0.5 * cores else None
+
+
 def make_plan(manifest, minutes: float | None = None, measure: bool = False, device: str = "cpu",
               workers: int = 0) -> dict:
     """Fingerprint `manifest`'s training split and plan a training for it (see medtransfer.planning.rules)."""
@@ -83,12 +93,17 @@ def make_plan(manifest, minutes: float | None = None, measure: bool = False, dev
         if unlike:
             print(f"medtransfer plan: {unlike}: timing the planned network on this machine (as plan --measure)",
                   flush=True)
+        busy = _busy(device)
         step = measure_step_seconds(data["dimensions"], data["channels"], geometry["patch_size"], geometry["filters"],
                                     budget["patches_per_step"])
         step *= STEP_OVERHEAD[data["dimensions"]]
         budget = plan_budget(data, geometry, n_validation, minutes, step_seconds=step)
         if unlike:
             budget["step_seconds_source"] = f"measured ({unlike})"
+        if busy:
+            print(f"medtransfer plan: warning: {busy}; the measured step is an upper bound and the plan buys fewer "
+                  "iterations than this machine gives when quiet: make the plan again on quiet cores", flush=True)
+            budget["step_seconds_source"] += f"; {busy}"
     bundle_keys = {
         "patch_size": geometry["patch_size"], "filters": geometry["filters"],
         "batch_size": budget["batch_size"], "num_samples": budget["num_samples"],

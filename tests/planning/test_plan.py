@@ -124,6 +124,7 @@ def test_a_machine_unlike_the_constants_one_is_timed_not_modelled(tmp_path, monk
     timed = []
     monkeypatch.setattr(planning, "measure_step_seconds", lambda *args, **kwargs: timed.append(args) or 0.05)
     choice = {"now": PrecisionChoice("auto", "bf16", "cpu", "CPU with native bf16")}
+    monkeypatch.setattr(planning.os, "getloadavg", lambda: (0.2, 0.2, 0.2))  # quiet cores
     monkeypatch.setattr(precision, "resolve_precision", lambda *args, **kwargs: choice["now"])
     modelled = planning.make_plan(manifest, minutes=5)
     assert timed == [] and modelled["plan"]["step_seconds_source"] == "modelled from the measured constants"
@@ -139,6 +140,15 @@ def test_a_machine_unlike_the_constants_one_is_timed_not_modelled(tmp_path, monk
     choice["now"] = PrecisionChoice("auto", "bf16", "cpu", "CPU with native bf16")
     assert planning.make_plan(manifest, minutes=5, measure=True)["plan"]["step_seconds_source"] == \
         "measured (plan --measure)" and len(timed) == 2
+    # timed on busy cores, the step is an upper bound: the plan says so and warns
+    monkeypatch.setattr(planning.os, "getloadavg", lambda: (2.6, 2.0, 1.0))
+    monkeypatch.setattr(planning.os, "cpu_count", lambda: 4)
+    busy = planning.make_plan(manifest, minutes=5, measure=True)["plan"]["step_seconds_source"]
+    assert busy == "measured (plan --measure); the CPU was busy (load average 2.6 on 4 cores)"
+    assert "the measured step is an upper bound" in capsys.readouterr().out
+    monkeypatch.setattr(planning.os, "getloadavg", lambda: (1.9, 2.0, 1.0))  # under half the cores: quiet enough
+    assert planning.make_plan(manifest, minutes=5, measure=True)["plan"]["step_seconds_source"] == \
+        "measured (plan --measure)"
 
 
 def test_no_foreground_and_bad_plan_files_are_named(tmp_path):

@@ -181,7 +181,19 @@ def comparison_powers(spec: StudySpec) -> list[dict]:
     sd = sd_diff_from_run_sd(power["run_sd"])
     out = []
     for arm, reference, equivalent in planned_comparisons(spec):
-        if equivalent:
+        if arm == "random_encoder_frozen" and reference == "scratch" and "reference_dice" in power:
+            # claim 4's test on the findings page: random_encoder_frozen − RATIO × scratch over seeds, whose sd is
+            # √(1 + RATIO²) × run sd, against the paper's midpoint ratio at the expected scratch Dice
+            from medtransfer.study.findings import RATIO, RATIO_PAPER
+
+            ratio_sd = math.sqrt(1 + RATIO ** 2) * power["run_sd"]
+            stated = (sum(RATIO_PAPER) / 2 - RATIO) * power["reference_dice"]
+            value = difference_power(n, ratio_sd, stated, alpha)
+            needed = seeds_for_difference(ratio_sd, stated, alpha)
+            what = (f"{arm} vs {RATIO:g} × {reference} (claim 4: {sum(RATIO_PAPER) / 2:.1%} of a scratch Dice of "
+                    f"{power['reference_dice']:g}, i.e. {stated:.3f} Dice above {RATIO:.0%}; sd √(1 + {RATIO:g}²) × "
+                    "run sd)")
+        elif equivalent:
             value = tost_power(n, sd, power["equivalence_margin"], 0.0, alpha)
             needed = seeds_for_equivalence(sd, power["equivalence_margin"], 0.0, alpha)
             what = f"{arm} ≈ {reference} (TOST within ±{power['equivalence_margin']:g} Dice)"

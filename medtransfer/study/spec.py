@@ -38,6 +38,8 @@ A study file is YAML::
       effect: 0.03                  # the difference each comparison should detect (paired t over seeds)
       equivalence_margin: 0.03      # ± margin of the equivalence comparisons (TOST) ...
       equivalence: [decoder]        # ... of these arms with their reference (default: decoder, when in the grid)
+      reference_dice: 0.67          # optional: the scratch Dice expected; random_encoder_frozen vs scratch is then
+                                    # sized for the findings page's claim-4 test (arm − 0.9 × scratch), not `effect`
       alpha: 0.05
     `study plan` and `study run` print one warning line per comparison (each strategy vs scratch, each pair of
     `comparisons`) whose power with the study's seeds is below 0.5 (medtransfer.study.size.power_lines).
@@ -76,7 +78,7 @@ from medtransfer.planning.plan import load_plan, static_value
 
 TOP_KEYS = {"name", "description", "spatial_dims", "bundle", "data_manifest", "data_root", "settings", "pretraining",
             "finetune", "analysis", "comparisons", "resources", "power"}
-POWER_KEYS = {"run_sd", "effect", "equivalence_margin", "equivalence", "alpha"}
+POWER_KEYS = {"run_sd", "effect", "equivalence_margin", "equivalence", "reference_dice", "alpha"}
 NOT_HASHED = ("resources", "power")  # where runs execute and what the seeds were sized for: not what runs compute
 ANALYSIS_KEYS = {"cka", "cka_images", "cka_layers", "cka_mode", "transferability"}
 TRANSFERABILITY_KEYS = {"strategy", "fraction"}
@@ -570,13 +572,16 @@ def _check_power(raw: Any, strategies: list[str]) -> dict:
     unknown = set(raw) - POWER_KEYS
     _require(not unknown, f"power: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(POWER_KEYS))}")
     out: dict[str, Any] = {}
-    for key, default in (("run_sd", None), ("effect", None), ("equivalence_margin", None), ("alpha", 0.05)):
+    for key, default in (("run_sd", None), ("effect", None), ("equivalence_margin", None), ("reference_dice", None),
+                         ("alpha", 0.05)):
         value = raw.get(key, default)
         if value is None:
             continue
         number = _number(value, f"power.{key}")
-        _require(number == number and 0 < number < (1 if key == "alpha" else float("inf")),
-                 f"power.{key}: must be a number in {'(0, 1)' if key == 'alpha' else '(0, ∞)'}, got {value!r}")
+        interval = {"alpha": "(0, 1)", "reference_dice": "(0, 1]"}.get(key, "(0, ∞)")
+        inside = {"alpha": number < 1, "reference_dice": number <= 1}.get(key, True)
+        _require(number == number and 0 < number and inside and number != float("inf"),
+                 f"power.{key}: must be a number in {interval}, got {value!r}")
         out[key] = number
     _require("run_sd" in out, "power.run_sd: required (the seed-to-seed sd of one arm's mean Dice at convergence)")
     _require("effect" in out or "equivalence_margin" in out,

@@ -59,6 +59,33 @@ def test_plan_prints_the_lines_and_run_prints_them_before_training_and_still_run
     assert started.before.count("warning: power") == 2 and "decoder ≈ scratch" in started.before
 
 
+def test_the_frozen_random_arm_is_sized_for_claim_4s_ratio_test_given_the_expected_scratch_dice(tmp_path,
+                                                                                                 medtransfer_home):
+    """With `reference_dice`, random_encoder_frozen vs scratch is the findings page's claim-4 test (arm − 0.9 ×
+    scratch over seeds, sd √(1 + 0.81) × run sd, effect (93.5 % − 90 %) × the scratch Dice), not `effect`: the
+    numbers breast_us_converged.yaml's comment states (7 seeds 0.73 at run sd 0.015 and scratch 0.673; 3 give 0.22)."""
+    from medtransfer.study.size import comparison_powers
+
+    block = {"run_sd": 0.015, "effect": 0.03, "reference_dice": 0.673, "alpha": 0.05}
+    grid = {"strategies": ["scratch", "random_encoder_frozen"], "fractions": [0.1], "seeds": list(range(7)),
+            "settings": {"max_epochs": 2, "iterations_per_epoch": 2}}
+    spec = load_study(write_study(tmp_path, tiny_study(power=block, pretraining=[], finetune=grid)))
+    [row] = comparison_powers(spec)
+    assert round(row["power"], 2) == 0.73 and row["seeds_needed"] == 8 and row["n_seeds"] == 7
+    assert row["what"] == ("random_encoder_frozen vs 0.9 × scratch (claim 4: 93.5% of a scratch Dice of 0.673, i.e. "
+                           "0.024 Dice above 90%; sd √(1 + 0.9²) × run sd)")
+    # without it, the arm is sized for the block's plain difference (0.03 Dice: 0.87 with 7 seeds)
+    plain = load_study(write_study(tmp_path, tiny_study(power={**block, "reference_dice": None}, pretraining=[],
+                                                        finetune=grid), "plain.yaml"))
+    assert round(comparison_powers(plain)[0]["power"], 2) == 0.87
+    few = load_study(write_study(tmp_path, tiny_study(power=block, pretraining=[], finetune={**grid, "seeds": [0, 1, 2]}),
+                                 "few.yaml"))
+    assert power_lines(few) == [
+        "warning: power 0.22 for random_encoder_frozen vs 0.9 × scratch (claim 4: 93.5% of a scratch Dice of 0.673, "
+        "i.e. 0.024 Dice above 90%; sd √(1 + 0.9²) × run sd) with 3 seeds (run sd 0.015, alpha 0.05); power 0.8 "
+        "needs 8 seeds"]
+
+
 def test_the_power_block_is_not_part_of_the_content_hash(tmp_path, medtransfer_home):
     with_block = load_study(_study(tmp_path))
     without = load_study(write_study(tmp_path, {**tiny_study(), "finetune": {**tiny_study()["finetune"],
@@ -75,6 +102,8 @@ def test_the_power_block_is_not_part_of_the_content_hash(tmp_path, medtransfer_h
     ({"run_sd": 0.015, "effect": 0.03, "seeds": 5}, "power: unknown key(s) seeds"),
     ({"run_sd": 0.015, "effect": 0.03, "equivalence": ["decoder"]}, "power.equivalence: needs power.equivalence_margin"),
     ({"run_sd": 0.015, "equivalence_margin": 0.03, "equivalence": ["nope"]}, "power.equivalence: a list of strategies"),
+    ({"run_sd": 0.015, "effect": 0.03, "reference_dice": 1.5}, "power.reference_dice: must be a number in (0, 1], "
+                                                                "got 1.5"),
     ([0.015], "power: must be a mapping"),
 ])
 def test_bad_power_blocks_are_refused_in_one_line_naming_the_key(block, message, tmp_path, medtransfer_home):

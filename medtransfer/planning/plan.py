@@ -88,7 +88,16 @@ def make_plan(manifest, minutes: float | None = None, measure: bool = False, dev
     geometry = plan_geometry(data, manifest.target_spacing, device)
     n_validation = len(manifest.case_ids("validation"))
     budget = plan_budget(data, geometry, n_validation, minutes)
-    unlike = None if measure else constants_do_not_apply(device)
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():  # a GPU plan made on a CPU machine
+        if measure:
+            raise PlanError(f"{manifest.name}: plan --measure --device {device} times the step on that device, and "
+                            "this machine has no CUDA GPU: measure on the GPU machine, or plan without --measure")
+        budget["step_seconds_source"] = "modelled from the measured CPU constants (no GPU here to time the step)"
+        unlike = None
+    else:
+        unlike = None if measure else constants_do_not_apply(device)
     if measure or unlike:
         if unlike:
             print(f"medtransfer plan: {unlike}: timing the planned network on this machine (as plan --measure)",

@@ -140,6 +140,15 @@ def test_a_machine_unlike_the_constants_one_is_timed_not_modelled(tmp_path, monk
     choice["now"] = PrecisionChoice("auto", "bf16", "cpu", "CPU with native bf16")
     assert planning.make_plan(manifest, minutes=5, measure=True)["plan"]["step_seconds_source"] == \
         "measured (plan --measure)" and len(timed) == 2
+    # a GPU plan made on a machine without one keeps the constants and says so; --measure there is refused
+    import torch
+
+    if not torch.cuda.is_available():
+        gpu = planning.make_plan(manifest, minutes=5, device="cuda")["plan"]
+        assert gpu["step_seconds_source"] == "modelled from the measured CPU constants (no GPU here to time the step)"
+        assert gpu["filters"][0] == 32 and len(timed) == 2  # nnU-Net's base width; nothing timed
+        with pytest.raises(PlanError, match=r"toy: plan --measure --device cuda .* this machine has no CUDA GPU"):
+            planning.make_plan(manifest, minutes=5, measure=True, device="cuda")
     # timed on busy cores, the step is an upper bound: the plan says so and warns
     monkeypatch.setattr(planning.os, "getloadavg", lambda: (2.6, 2.0, 1.0))
     monkeypatch.setattr(planning.os, "cpu_count", lambda: 4)

@@ -75,8 +75,9 @@ def chain_costs(flow, images: int, passes: int = 3) -> tuple[list[dict], float]:
     return rows, sum(statistics.mean(t) for t in per_transform)
 
 
-def network_step(flow, precision, steps: int) -> float:
-    """Median seconds of forward + backward + Adam on one fixed batch (the first the bundle's loader gives)."""
+def network_step(flow, precision, steps: int) -> tuple[float, tuple[int, ...]]:
+    """Median seconds of forward + backward + Adam on one fixed batch (the first the bundle's loader gives), and
+    that batch's shape."""
     network = copy.deepcopy(flow.parser.get_parsed_content("network_def"))  # the run's own architecture
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=flow.parser["learning_rate"])

@@ -71,6 +71,22 @@ def constants_do_not_apply(device: str, precision=None) -> str | None:
             f"{choice.name} ({choice.reason})")
 
 
+NO_GPU_HERE = "modelled from the measured CPU constants (no GPU here to time the step)"
+
+
+def _why_time_it(name: str, device: str, measure: bool) -> str | None:
+    """Why make_plan times the step although --measure was not given (constants_do_not_apply), NO_GPU_HERE for a
+    GPU plan made on a machine without one (it keeps the constants: nothing here can time that GPU), else None."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        if measure:
+            raise PlanError(f"{name}: plan --measure --device {device} times the step on that device, and this "
+                            "machine has no CUDA GPU: measure on the GPU machine, or plan without --measure")
+        return NO_GPU_HERE
+    return None if measure else constants_do_not_apply(device)
+
+
 def _busy(device: str) -> str | None:
     """Why a step timed now would be slow: other processes on the CPU (1-minute load average at or above half its
     cores; a training of one's own uses them all), else None. A GPU's step is not judged by the CPU's load."""
@@ -88,17 +104,10 @@ def make_plan(manifest, minutes: float | None = None, measure: bool = False, dev
     geometry = plan_geometry(data, manifest.target_spacing, device)
     n_validation = len(manifest.case_ids("validation"))
     budget = plan_budget(data, geometry, n_validation, minutes)
-    import torch
-
-    if str(device).startswith("cuda") and not torch.cuda.is_available():  # a GPU plan made on a CPU machine
-        if measure:
-            raise PlanError(f"{manifest.name}: plan --measure --device {device} times the step on that device, and "
-                            "this machine has no CUDA GPU: measure on the GPU machine, or plan without --measure")
-        budget["step_seconds_source"] = "modelled from the measured CPU constants (no GPU here to time the step)"
-        unlike = None
-    else:
-        unlike = None if measure else constants_do_not_apply(device)
-    if measure or unlike:
+    unlike = _why_time_it(manifest.name, device, measure)
+    if unlike == NO_GPU_HERE:
+        budget["step_seconds_source"] = NO_GPU_HERE
+    elif measure or unlike:
         if unlike:
             print(f"medtransfer plan: {unlike}: timing the planned network on this machine (as plan --measure)",
                   flush=True)
